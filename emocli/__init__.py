@@ -1,0 +1,3 @@
+"""emocli: speech emotion recognition from audio and transcript."""
+
+__version__ = "0.1.0"
