@@ -1,0 +1,241 @@
+"""The HDF5 feature cache, and nothing else: its layout, its fingerprint, its atomic build, and reading it back.
+
+Layout (FORMAT_VERSION 1), N utterances, F total frames:
+    spec            float16 (F, n_mels)   every log-mel, time-major, concatenated in utterance order
+    spec_offsets    int64   (N + 1,)      utterance i is spec[spec_offsets[i]:spec_offsets[i+1]]
+    input_ids       int32   (N, L)        token ids padded to the fixed length L = max_tokens
+    attention_mask  int8    (N, L)
+    labels          int64   (N,)          index into attrs["label_set"]["classes"]
+    durations       float32 (N,)          seconds of audio before truncation
+    utt_ids, speakers, sessions, texts, raw_labels, audio_paths   utf-8 strings (N,)
+    attrs: format_version, fingerprint, and the JSON of every input that produced it.
+One contiguous `spec` lets training read the whole corpus in a single read; no per-utterance file is opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from emocli.corpus.records import Utterance
+from emocli.errors import CacheError
+
+FORMAT_VERSION = 1
+_STRING_FIELDS = ("utt_ids", "speakers", "sessions", "texts", "raw_labels", "audio_paths")
+_SPEC_CHUNK_FRAMES = 4096
+
+
+def fingerprint(inputs: dict) -> str:
+    """A digest of everything that determines the cache's content, the format version included."""
+    payload = json.dumps({"format_version": FORMAT_VERSION, **inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    fingerprint: str
+    format_version: int
+    inputs: dict  # feature_config, tokenizer, label_set, reader, source: whatever the builder fingerprinted
+    summary: dict  # the read report's summary plus feature-stage skips
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.inputs["label_set"]["classes"])
+
+
+@dataclass
+class CacheData:
+    """A whole cache in memory, as training and evaluation use it."""
+
+    meta: CacheMeta
+    spec: np.ndarray  # (F, n_mels) float16
+    spec_offsets: np.ndarray  # (N + 1,) int64
+    input_ids: np.ndarray  # (N, L) int32
+    attention_mask: np.ndarray  # (N, L) int8
+    labels: np.ndarray  # (N,) int64
+    durations: np.ndarray  # (N,) float32
+    utt_ids: list[str]
+    speakers: list[str]
+    sessions: list[str]
+    texts: list[str]
+    raw_labels: list[str]
+    audio_paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.utt_ids)
+
+    @property
+    def spec_lengths(self) -> np.ndarray:
+        return np.diff(self.spec_offsets).astype(np.int64)
+
+    def spectrogram(self, i: int) -> np.ndarray:
+        """(n_mels, T) float32 of utterance i."""
+        return self.spec[self.spec_offsets[i]: self.spec_offsets[i + 1]].T.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read_meta(path: Path) -> CacheMeta:
+    """The attributes only: cheap, used to decide whether a rebuild is needed."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise CacheError(f"no cache at {path}; create it with `emocli prepare SOURCE --cache {path}`")
+    try:
+        with h5py.File(path, "r") as h5:
+            return _meta_from_attrs(h5.attrs, path)
+    except CacheError:
+        raise
+    except Exception as exc:
+        raise CacheError(f"{path} is not a readable emocli cache ({type(exc).__name__}); rebuild it with "
+                         f"`emocli prepare`") from None
+
+
+def _meta_from_attrs(attrs, path: Path) -> CacheMeta:
+    version = int(attrs.get("format_version", -1))
+    if "emocli_cache" not in attrs:
+        raise CacheError(f"{path} is an HDF5 file but not an emocli cache; create one with `emocli prepare`")
+    if version != FORMAT_VERSION:
+        raise CacheError(f"{path} has cache format {version}, this emocli reads {FORMAT_VERSION}; rebuild it with "
+                         f"`emocli prepare`")
+    return CacheMeta(fingerprint=str(attrs["fingerprint"]), format_version=version,
+                     inputs=json.loads(attrs["inputs"]), summary=json.loads(attrs["summary"]))
+
+
+def read_cache(path: Path) -> CacheData:
+    """The whole cache in memory, in one read per dataset."""
+    import h5py
+
+    meta = read_meta(path)
+    try:
+        with h5py.File(path, "r") as h5:
+            strings = {name: [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in h5[name][()]]
+                       for name in _STRING_FIELDS}
+            data = CacheData(meta=meta, spec=h5["spec"][()], spec_offsets=h5["spec_offsets"][()],
+                             input_ids=h5["input_ids"][()], attention_mask=h5["attention_mask"][()],
+                             labels=h5["labels"][()], durations=h5["durations"][()], **strings)
+    except Exception as exc:
+        raise CacheError(f"{path} is damaged ({type(exc).__name__}: {exc}); rebuild it with `emocli prepare`") from None
+    if not (len(data.spec_offsets) == len(data) + 1 and data.spec_offsets[-1] == len(data.spec)):
+        raise CacheError(f"{path} is inconsistent (offsets do not match spectrograms); rebuild it with `emocli prepare`")
+    return data
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """One builder per cache path at a time; a second `prepare` on the same path waits for the first."""
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Temporary files of interrupted builds; safe to call only while holding `build_lock`."""
+    stale = sorted(path.parent.glob(f".{path.name}.tmp-*"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+class CacheWriter:
+    """Streams utterances into a temporary HDF5 file; `commit` renames it over the target in one step.
+
+    Until `commit`, the previous cache at `path` (if any) is untouched, so a crash, kill -9 or full disk at any
+    point leaves the old cache intact or no cache at all.
+    """
+
+    def __init__(self, path: Path, n_mels: int, max_tokens: int):
+        import h5py
+
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._h5 = h5py.File(self.tmp_path, "w")
+        self._n_frames = 0
+        self._offsets = [0]
+        self._columns: dict[str, list] = {name: [] for name in _STRING_FIELDS}
+        self._labels: list[int] = []
+        self._durations: list[float] = []
+        self._ids: list[np.ndarray] = []
+        self._masks: list[np.ndarray] = []
+        self._spec = self._h5.create_dataset("spec", shape=(0, n_mels), maxshape=(None, n_mels), dtype=np.float16,
+                                             chunks=(_SPEC_CHUNK_FRAMES, n_mels))
+        self._max_tokens = max_tokens
+
+    def append(self, utt: Utterance, label: int, spec: np.ndarray, input_ids: np.ndarray,
+               attention_mask: np.ndarray, duration: float) -> None:
+        """Add one utterance; `spec` is (n_mels, T) and is written to disk at once (memory stays flat)."""
+        frames = spec.shape[1]
+        self._spec.resize(self._n_frames + frames, axis=0)
+        self._spec[self._n_frames:] = spec.T.astype(np.float16)
+        self._n_frames += frames
+        self._offsets.append(self._n_frames)
+        self._ids.append(input_ids.astype(np.int32))
+        self._masks.append(attention_mask.astype(np.int8))
+        self._labels.append(label)
+        self._durations.append(duration)
+        for name, value in (("utt_ids", utt.utt_id), ("speakers", utt.speaker), ("sessions", utt.session),
+                            ("texts", utt.text), ("raw_labels", utt.raw_label), ("audio_paths", str(utt.audio_path))):
+            self._columns[name].append(value)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def commit(self, inputs: dict, summary: dict) -> str:
+        import h5py
+
+        h5 = self._h5
+        n = len(self._labels)
+        h5.create_dataset("spec_offsets", data=np.asarray(self._offsets, dtype=np.int64))
+        ids = np.stack(self._ids) if n else np.zeros((0, self._max_tokens), np.int32)
+        masks = np.stack(self._masks) if n else np.zeros((0, self._max_tokens), np.int8)
+        h5.create_dataset("input_ids", data=ids)
+        h5.create_dataset("attention_mask", data=masks)
+        h5.create_dataset("labels", data=np.asarray(self._labels, dtype=np.int64))
+        h5.create_dataset("durations", data=np.asarray(self._durations, dtype=np.float32))
+        text = h5py.string_dtype("utf-8")
+        for name, values in self._columns.items():
+            h5.create_dataset(name, data=np.asarray(values, dtype=object), dtype=text)
+        digest = fingerprint(inputs)
+        h5.attrs["emocli_cache"] = True
+        h5.attrs["format_version"] = FORMAT_VERSION
+        h5.attrs["fingerprint"] = digest
+        h5.attrs["inputs"] = json.dumps(inputs, sort_keys=True, default=str)
+        h5.attrs["summary"] = json.dumps(summary, sort_keys=True, default=str)
+        h5.flush()
+        os.fsync(h5.id.get_vfd_handle())
+        h5.close()
+        os.replace(self.tmp_path, self.path)  # atomic on one filesystem: readers see old or new, never half
+        _fsync_dir(self.path.parent)
+        return digest
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._h5.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,161 @@
+"""Thin Typer commands: validate, call one library function, print. The only place that exits."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from emocli.errors import EmocliError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Speech emotion recognition from audio and transcript (BERT + ModifiedAlexNet fusion).")
+out = Console()
+err = Console(stderr=True)
+
+
+def handles_errors(command: Callable) -> Callable:
+    """EmocliError -> one line on stderr and exit 1; Ctrl-C -> exit 130; never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EmocliError as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; nothing already written was changed", highlight=False)
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug of ours: still one line, with a way to see the traceback
+            if os.environ.get("EMOCLI_DEBUG"):
+                raise
+            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with EMOCLI_DEBUG=1 for "
+                      f"the traceback and report it)", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@handles_errors
+def synth(
+    out_dir: Path = typer.Argument(..., help="Folder to write IEMOCAP_full_release.<format> into."),
+    per_class: int = typer.Option(100, "--per-class", min=1, help="Utterances per class (ang, hap+exc, sad, neu)."),
+    seed: int = typer.Option(0, "--seed"),
+    fmt: str = typer.Option("tar.gz", "--format", help="tar.gz | tgz | tar | zip | dir"),
+    mean_seconds: float = typer.Option(2.5, "--mean-seconds", min=0.3, help="Mean utterance duration."),
+    as_json: bool = typer.Option(False, "--json", help="Print the generator's summary as one JSON object."),
+) -> None:
+    """Generate a corpus in IEMOCAP_full_release's exact layout (IEMOCAP itself cannot be shipped)."""
+    from emocli.synth import SynthConfig, synthesize
+
+    if fmt not in ("tar.gz", "tgz", "tar", "zip", "dir"):
+        raise EmocliError(f"--format {fmt!r} is not one of tar.gz, tgz, tar, zip, dir")
+    truth = synthesize(out_dir, SynthConfig(per_class=per_class, seed=seed, fmt=fmt, mean_seconds=mean_seconds))
+    counts = truth.four_class_counts()
+    info = {"archive": str(truth.archive), "utterances_with_wav": len(truth.codes), "four_class": counts,
+            "dialogs": len(truth.dialogs)}
+    if as_json:
+        print(json.dumps(info))
+    else:
+        out.print(f"wrote {truth.archive} ({len(truth.codes)} utterances with audio, 4-class: {counts})",
+                  highlight=False)
+
+
+@app.command()
+@handles_errors
+def prepare(
+    source: Path = typer.Argument(..., help="IEMOCAP_full_release .tar.gz/.tgz/.tar/.zip, its folder, or a manifest CSV/TSV."),
+    cache_path: Path = typer.Option(Path("data/cache.h5"), "--cache", help="HDF5 cache to create or reuse."),
+    text_model: str = typer.Option("all-MiniLM-L6-v2", "--text-model",
+                                   help="all-MiniLM-L6-v2 (offline package) or a local BERT folder."),
+    labels: str = typer.Option("4class", "--labels", help="4class (exc merged into hap) | 4class-noexc"),
+    tags: str = typer.Option("keep", "--tags", help="Non-speech tags like [LAUGHTER]: keep | strip"),
+    n_mels: int = typer.Option(128, "--n-mels", min=16, max=256),
+    max_seconds: float = typer.Option(15.0, "--max-seconds", min=0.5, help="Longer audio is truncated."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Feature processes; 0 = one per core."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where archives are unpacked (default: beside the cache)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Read the corpus and write spectrograms + token ids into one fingerprinted HDF5 cache."""
+    from emocli.features import FeatureConfig
+    from emocli.prepare import PrepareConfig
+    from emocli.prepare import prepare as run_prepare
+
+    if tags not in ("keep", "strip"):
+        raise EmocliError(f"--tags {tags!r} is not one of keep, strip")
+    config = PrepareConfig(text_model=text_model, label_set=labels, tags=tags, workers=workers,
+                           features=FeatureConfig(n_mels=n_mels, max_seconds=max_seconds))
+    if as_json:
+        result = run_prepare(source, cache_path, config, workdir)
+        print(json.dumps(result.to_json()))
+        return
+    with _progress() as callback:
+        result = run_prepare(source, cache_path, config, workdir, progress=callback)
+    for line in result.problems[:20]:
+        err.print(f"skipped {line}", highlight=False, soft_wrap=True)
+    if len(result.problems) > 20:
+        err.print(f"... and {len(result.problems) - 20} more skipped (see --json for all)", highlight=False)
+    _print_prepare_summary(result)
+
+
+class _progress:
+    """A rich progress bar on stderr, fed by the library's (stage, done, total) callback."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), console=err, transient=True)
+        self._tasks: dict[str, int] = {}
+        self._bar.__enter__()
+        return self.update
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._bar.add_task(stage, total=total)
+        self._bar.update(self._tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+
+def _print_prepare_summary(result) -> None:
+    s = result.summary
+    state = "cache hit: inputs unchanged, nothing to do" if result.cache_hit else "cache written"
+    out.print(f"{state}: {result.cache_path} (fingerprint {result.fingerprint}, {result.seconds:.2f} s)", highlight=False)
+    table = Table(title=f"{s['utterances']} utterances, label set {s['label_set']}")
+    classes = sorted(s["per_class"])
+    table.add_column("session")
+    for c in classes:
+        table.add_column(c, justify="right")
+    table.add_column("total", justify="right")
+    for session, counts in s["per_session"].items():
+        table.add_row(session, *[str(counts.get(c, 0)) for c in classes], str(sum(counts.values())))
+    table.add_row("all", *[str(s["per_class"].get(c, 0)) for c in classes], str(s["utterances"]), style="bold")
+    out.print(table)
+    if s["skipped"]:
+        skipped = Table(title="skipped")
+        skipped.add_column("reason")
+        skipped.add_column("count", justify="right")
+        for reason, n in s["skipped"].items():
+            skipped.add_row(reason, str(n))
+        out.print(skipped)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""The one preprocessing path shared by prepare, train and predict: audio -> log-mel dB, text -> token ids.
+
+Settings live in `FeatureConfig`, which is saved in the cache and in every run, so `predict` reproduces exactly
+what the model was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from emocli.errors import AudioError
+
+SAMPLE_RATE_HZ = 16_000  # IEMOCAP's rate; everything else is resampled to it
+LOG_FLOOR_POWER = 1e-10  # -100 dB: the floor keeps digital silence finite
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = SAMPLE_RATE_HZ
+    n_fft: int = 512  # 32 ms FFT
+    win_length: int = 400  # 25 ms window
+    hop_length: int = 160  # 10 ms hop -> 100 frames per second
+    n_mels: int = 128
+    fmin_hz: float = 0.0
+    fmax_hz: float = 8_000.0
+    max_seconds: float = 15.0  # longer audio is truncated (IEMOCAP p99 is 15.1 s, max 34 s)
+    min_seconds: float = 0.1  # shorter audio carries no usable prosody: refused
+    silence_peak: float = 1e-4  # a file whose peak amplitude is below this is called silent
+    max_tokens: int = 64  # transcripts average 11.6 words; longer ones are truncated
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FeatureConfig":
+        return cls(**data)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True)
+
+
+def load_audio(path: Path, sample_rate: int = SAMPLE_RATE_HZ, max_seconds: float | None = None,
+               min_seconds: float = 0.0, silence_peak: float = 0.0) -> np.ndarray:
+    """Decode any file soundfile (or librosa's fallback) reads into float32 mono at `sample_rate`.
+
+    Raises AudioError with the file name for anything that is not usable audio.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            native_rate = handle.samplerate
+            # Read no more than we keep: a 10-minute file costs no more than max_seconds of decoding.
+            frames = -1 if max_seconds is None else int(np.ceil(max_seconds * native_rate))
+            audio = handle.read(frames=frames, dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError for odd headers
+        audio, native_rate = _load_with_librosa(path, max_seconds, exc)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)  # stereo and multichannel are averaged to mono
+    if audio.size == 0:
+        raise AudioError(f"{path}: no samples (header only)")
+    if not np.all(np.isfinite(audio)):
+        raise AudioError(f"{path}: contains NaN or infinite samples; re-export it as PCM")
+    if native_rate != sample_rate:
+        import librosa
+
+        audio = librosa.resample(audio, orig_sr=native_rate, target_sr=sample_rate, res_type="soxr_hq")
+    audio = np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+    if audio.size < min_seconds * sample_rate:
+        raise AudioError(f"{path}: too short ({audio.size / sample_rate:.3f} s < {min_seconds} s)")
+    if silence_peak > 0 and float(np.max(np.abs(audio))) < silence_peak:
+        raise AudioError(f"{path}: silent (peak amplitude below {silence_peak})")
+    return audio
+
+
+def _load_with_librosa(path: Path, max_seconds: float | None, first_error: Exception) -> tuple[np.ndarray, int]:
+    """Formats libsndfile does not read (e.g. some mp3 builds) go through librosa/audioread."""
+    import warnings
+
+    import librosa
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            audio, rate = librosa.load(str(path), sr=None, mono=True, duration=max_seconds)
+    except Exception:
+        reason = str(first_error).splitlines()[0] if str(first_error) else type(first_error).__name__
+        raise AudioError(f"{path}: not a readable audio file ({reason})") from None
+    return audio.astype(np.float32), int(rate)
+
+
+@lru_cache(maxsize=8)
+def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _window(n_fft: int, win_length: int) -> np.ndarray:
+    import scipy.signal
+
+    window = scipy.signal.get_window("hann", win_length, fftbins=True).astype(np.float32)
+    pad = (n_fft - win_length) // 2
+    return np.pad(window, (pad, n_fft - win_length - pad))
+
+
+def log_mel(audio: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """(n_mels, T) log-mel power in dB, T = 1 + len(audio) // hop_length (librosa's centred framing).
+
+    Equal to `librosa.power_to_db(librosa.feature.melspectrogram(...), ref=1.0)`; written out so the mel basis
+    and window are built once per process instead of per file. Absolute dB (ref 1.0), not per-file
+    normalised: loudness is an emotion cue.
+    """
+    max_samples = int(config.max_seconds * config.sample_rate)
+    audio = audio[:max_samples]
+    pad = config.n_fft // 2
+    padded = np.pad(audio, (pad, pad), mode="constant")
+    n_frames = 1 + (padded.size - config.n_fft) // config.hop_length
+    frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft)[:: config.hop_length][:n_frames]
+    spectrum = np.fft.rfft(frames * _window(config.n_fft, config.win_length), axis=1)  # (T, n_fft/2+1)
+    power = spectrum.real**2 + spectrum.imag**2
+    mel = _mel_basis(config.sample_rate, config.n_fft, config.n_mels, config.fmin_hz, config.fmax_hz) @ power.T.astype(np.float32)
+    return (10.0 * np.log10(np.maximum(mel, LOG_FLOOR_POWER))).astype(np.float32)  # (n_mels, T)
+
+
+def audio_features(path: Path, config: FeatureConfig) -> tuple[np.ndarray, float]:
+    """The log-mel of one file and its duration in seconds before truncation (for reports)."""
+    audio = load_audio(path, config.sample_rate, max_seconds=None if config.max_seconds <= 0 else config.max_seconds,
+                       min_seconds=config.min_seconds, silence_peak=config.silence_peak)
+    return log_mel(audio, config), audio.size / config.sample_rate
+
+
+def tokenize(tokenizer, texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (N, max_tokens) int32 and attention mask (N, max_tokens) int8, padded to a fixed length.
+
+    A fixed length keeps the cache rectangular, so training reads it in one slice.
+    """
+    encoded = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_tokens,
+                        return_attention_mask=True, return_token_type_ids=False)
+    ids = np.asarray(encoded["input_ids"], dtype=np.int32).reshape(len(texts), max_tokens)
+    mask = np.asarray(encoded["attention_mask"], dtype=np.int8).reshape(len(texts), max_tokens)
+    return ids, mask

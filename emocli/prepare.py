@@ -1,0 +1,199 @@
+"""`emocli prepare`: a corpus source -> Utterance records -> features -> one fingerprinted HDF5 cache.
+
+The fingerprint covers the source's identity, the reader and feature settings, the tokenizer and the label
+set; an unchanged input is a cache hit that imports nothing heavy and returns in well under a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from emocli import cache
+from emocli.corpus.records import ReadReport, Utterance, get_label_set
+from emocli.errors import AudioError, CacheError, CorpusError
+from emocli.features import FeatureConfig, audio_features, tokenize
+from emocli.text_model import DEFAULT_TEXT_MODEL, resolve_text_model, tokenizer_identity
+
+ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
+_MANIFEST_SUFFIXES = (".csv", ".tsv")
+_SERIAL_BELOW = 16  # utterances: a process pool costs more than it saves on a handful of files
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    text_model: str = DEFAULT_TEXT_MODEL
+    label_set: str = "4class"
+    tags: str = "keep"  # non-speech tags in transcripts: "keep" (normalised) or "strip"
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    workers: int = 0  # 0 = one per core; not fingerprinted, since results do not depend on it
+
+
+@dataclass
+class PrepareResult:
+    cache_path: Path
+    fingerprint: str
+    cache_hit: bool
+    summary: dict
+    problems: list[str]
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"cache": str(self.cache_path), "fingerprint": self.fingerprint, "cache_hit": self.cache_hit,
+                "seconds": round(self.seconds, 3), **self.summary, "problems": self.problems}
+
+
+def prepare(source: Path, cache_path: Path, config: PrepareConfig = PrepareConfig(), workdir: Path | None = None,
+            progress: ProgressCallback | None = None) -> PrepareResult:
+    started = time.perf_counter()
+    source, cache_path = Path(source), Path(cache_path)
+    if not source.exists():
+        raise CorpusError(f"{source} does not exist; pass an IEMOCAP_full_release archive or folder, or a manifest CSV")
+    workdir = Path(workdir) if workdir else cache_path.parent / ".emocli-work"
+    label_set = get_label_set(config.label_set)
+    text_ref = resolve_text_model(config.text_model)
+    inputs = {
+        "feature_config": config.features.to_json(),
+        "tokenizer": {"name": text_ref.name, "identity": tokenizer_identity(text_ref), "model_type": text_ref.model_type},
+        "label_set": label_set.to_json(),
+        "reader": {"kind": _source_kind(source), "tags": config.tags},
+        "source": source_identity(source),
+    }
+    digest = cache.fingerprint(inputs)
+    hit = _cache_hit(cache_path, digest)
+    if hit is not None:
+        return PrepareResult(cache_path, digest, True, hit.summary, [], time.perf_counter() - started)
+
+    with cache.build_lock(cache_path):
+        hit = _cache_hit(cache_path, digest)  # another process may have built it while we waited
+        if hit is not None:
+            return PrepareResult(cache_path, digest, True, hit.summary, [], time.perf_counter() - started)
+        cache.remove_stale_temporaries(cache_path)
+        report = read_source(source, config, workdir, progress)
+        summary = _build(cache_path, report, config, text_ref, inputs, progress)
+    return PrepareResult(cache_path, digest, False, summary, report.problems, time.perf_counter() - started)
+
+
+def read_source(source: Path, config: PrepareConfig, workdir: Path, progress: ProgressCallback | None = None
+                ) -> ReadReport:
+    if _source_kind(source) == "manifest":
+        from emocli.corpus.manifest import read_manifest
+
+        return read_manifest(source, get_label_set(config.label_set))
+    from emocli.corpus.iemocap import ReaderConfig, read_iemocap
+
+    return read_iemocap(source, ReaderConfig(label_set=config.label_set, tags=config.tags), workdir)
+
+
+def _source_kind(source: Path) -> str:
+    return "manifest" if source.is_file() and source.suffix.lower() in _MANIFEST_SUFFIXES else "iemocap"
+
+
+def source_identity(source: Path) -> dict:
+    """What the fingerprint knows of the source: an archive's size and mtime; a folder's relevant files."""
+    source = source.resolve()
+    if source.is_file():
+        stat = source.stat()
+        return {"path": str(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    from emocli.corpus.iemocap import source_files
+
+    listing = [(str(p.relative_to(source)), s.st_size, s.st_mtime_ns)
+               for p in source_files(source) for s in [p.stat()]]
+    import hashlib
+    import json
+
+    return {"path": str(source), "files": len(listing),
+            "listing_sha256": hashlib.sha256(json.dumps(sorted(listing)).encode()).hexdigest()}
+
+
+def _cache_hit(cache_path: Path, digest: str) -> cache.CacheMeta | None:
+    if not cache_path.is_file():
+        return None
+    try:
+        meta = cache.read_meta(cache_path)
+    except CacheError:
+        return None  # unreadable or another format: rebuild rather than serve it
+    return meta if meta.fingerprint == digest else None
+
+
+def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref, inputs: dict,
+           progress: ProgressCallback | None) -> dict:
+    from emocli.text_model import load_tokenizer, verify_weights
+
+    verify_weights(text_ref)  # the packaged default is checked against its published sha256
+    utterances = report.utterances
+    if not utterances:
+        raise CorpusError(f"no usable utterances in {report.source}; {_skipped_line(report)}")
+    label_set = get_label_set(config.label_set)
+    ids, masks = tokenize(load_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(u.audio_path), config.features) for u in utterances]
+    failed: set[str] = set()
+    # The pool is forked before the HDF5 file is opened: no HDF5 handle may cross a fork.
+    with _feature_map(config.workers, len(jobs)) as feature_map:
+        writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)
+        try:
+            for i, (spec, duration, error) in enumerate(feature_map(_extract_one, jobs)):
+                utt = utterances[i]
+                if error is not None:
+                    failed.add(utt.utt_id)
+                    report.skip("unreadable audio", f"{utt.utt_id}: {error}")
+                else:
+                    writer.append(utt, label_set.class_index(utt.label), spec, ids[i], masks[i], duration)
+                if progress:
+                    progress("features", i + 1, len(jobs))
+            if len(writer) == 0:
+                raise CorpusError(f"no usable audio in {report.source}: every wav failed to decode "
+                                  f"(first: {report.problems[-1] if report.problems else 'unknown'})")
+            report.utterances = [u for u in utterances if u.utt_id not in failed]
+            summary = report.summary()
+            writer.commit(inputs, summary)
+        except BaseException:
+            writer.abort()  # KeyboardInterrupt included: never leave a half-written file behind
+            raise
+    return summary
+
+
+def _skipped_line(report: ReadReport) -> str:
+    if not report.skipped:
+        return "nothing was skipped either: the source holds no labelled utterances"
+    return "skipped: " + ", ".join(f"{reason} {n}" for reason, n in report.skipped.most_common())
+
+
+def _extract_one(job: tuple[str, FeatureConfig]) -> tuple[np.ndarray | None, float, str | None]:
+    path, features = job
+    try:
+        spec, duration = audio_features(Path(path), features)
+    except AudioError as exc:
+        return None, 0.0, str(exc)
+    return spec.astype(np.float16), duration, None  # float16 halves what crosses the process boundary
+
+
+@contextlib.contextmanager
+def _feature_map(workers: int, n_jobs: int):
+    """An ordered map over every core (or plain `map` for a handful of files)."""
+    n_workers = workers or os.cpu_count() or 1
+    if n_workers == 1 or n_jobs < _SERIAL_BELOW:
+        yield map
+        return
+    # fork: workers inherit the already-imported numpy/librosa instead of importing them again.
+    with multiprocessing.get_context("fork").Pool(n_workers, initializer=_limit_threads) as pool:
+        yield lambda fn, jobs: pool.imap(fn, jobs, chunksize=8)
+
+
+def _limit_threads() -> None:
+    """One BLAS/FFT thread per worker: the pool already uses every core."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass

