@@ -1,0 +1,120 @@
+"""The shared preprocessing path: decoding any audio, the log-mel, tokenisation."""
+
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+
+from emocli.errors import AudioError
+from emocli.features import FeatureConfig, audio_features, load_audio, log_mel, tokenize
+
+RATE = 16_000
+
+
+def _tone(seconds: float, rate: int = RATE, freq: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_log_mel_equals_librosa():
+    y = np.random.default_rng(0).standard_normal(RATE * 2).astype(np.float32) * 0.1
+    cfg = FeatureConfig()
+    ref = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=RATE, n_fft=512, hop_length=160, win_length=400,
+                                                             n_mels=128, fmin=0, fmax=8000), ref=1.0, amin=1e-10,
+                              top_db=None)
+    ours = log_mel(y, cfg)
+    assert ours.shape == ref.shape == (128, 1 + len(y) // 160)
+    np.testing.assert_allclose(ours, ref, atol=1e-3)
+
+
+def test_loudness_is_kept(tmp_path):
+    # Absolute dB, not per-file normalised: a louder copy must have a higher mean level.
+    cfg = FeatureConfig()
+    quiet, loud = log_mel(_tone(1.0) * 0.1, cfg), log_mel(_tone(1.0), cfg)
+    assert loud.max() - quiet.max() == pytest.approx(20.0, abs=0.1)  # 10x amplitude = +20 dB
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_U8", "FLOAT"])
+def test_any_pcm_subtype_decodes(tmp_path, subtype):
+    path = tmp_path / "a.wav"
+    sf.write(path, _tone(0.5), RATE, subtype=subtype)
+    audio = load_audio(path)
+    assert audio.dtype == np.float32 and len(audio) == RATE // 2
+    assert np.abs(audio).max() == pytest.approx(0.3, abs=0.02)
+
+
+def test_stereo_44k_is_mixed_and_resampled(tmp_path):
+    path = tmp_path / "s.wav"
+    left = _tone(1.0, 44_100)
+    sf.write(path, np.stack([left, left], axis=1), 44_100)
+    audio = load_audio(path, RATE)
+    assert audio.ndim == 1 and abs(len(audio) - RATE) <= 1
+    assert np.abs(audio).max() == pytest.approx(0.3, abs=0.03)
+
+
+def test_flac_renamed_wav_decodes(tmp_path):
+    path = tmp_path / "really_flac.wav"
+    sf.write(path, _tone(0.5), RATE, format="FLAC")
+    assert len(load_audio(path)) == RATE // 2
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"this is not audio at all, just text\n" * 10, "not a readable audio file"),
+])
+def test_unusable_files_raise_audio_error_naming_file(tmp_path, content, message):
+    path = tmp_path / "bad.wav"
+    path.write_bytes(content)
+    with pytest.raises(AudioError, match=message) as info:
+        load_audio(path)
+    assert "bad.wav" in str(info.value)
+
+
+def test_header_only_wav(tmp_path):
+    path = tmp_path / "h.wav"
+    sf.write(path, np.zeros(0, np.float32), RATE)
+    with pytest.raises(AudioError, match="no samples"):
+        load_audio(path)
+
+
+def test_nan_samples_refused(tmp_path):
+    path = tmp_path / "n.wav"
+    y = _tone(0.5)
+    y[100] = np.nan
+    sf.write(path, y, RATE, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN"):
+        load_audio(path)
+
+
+def test_too_short_and_silent(tmp_path):
+    cfg = FeatureConfig()
+    short, silent = tmp_path / "short.wav", tmp_path / "silent.wav"
+    sf.write(short, _tone(0.05), RATE)
+    sf.write(silent, np.zeros(RATE, np.float32), RATE)
+    with pytest.raises(AudioError, match="too short"):
+        audio_features(short, cfg)
+    with pytest.raises(AudioError, match="silent"):
+        audio_features(silent, cfg)
+
+
+def test_long_file_truncated_and_clipped(tmp_path):
+    cfg = FeatureConfig(max_seconds=2.0)
+    path = tmp_path / "long.wav"
+    sf.write(path, np.clip(_tone(10.0) * 10, -1, 1), RATE)
+    spec, seconds = audio_features(path, cfg)
+    assert spec.shape == (cfg.n_mels, 1 + 2 * RATE // cfg.hop_length)
+    assert seconds == pytest.approx(2.0)
+    assert np.isfinite(spec).all()
+
+
+def test_tokenize_fixed_length(tiny_bert_dir):
+    from emocli.text_model import load_tokenizer, resolve_text_model
+
+    tok = load_tokenizer(resolve_text_model(tiny_bert_dir))
+    ids, mask = tokenize(tok, ["I can't believe you did that!", "", "[LAUGHTER]"], 16)
+    assert ids.shape == mask.shape == (3, 16) and ids.dtype == np.int32 and mask.dtype == np.int8
+    assert mask[1].sum() == 2  # [CLS] [SEP] only
+    # The real vocab, not [UNK] everywhere (the transformers 5 vocab_file gotcha).
+    assert (ids[0][mask[0] == 1] != tok.unk_token_id).all()
