@@ -81,7 +81,7 @@ def prepare(
                                    help="all-MiniLM-L6-v2 (offline package) or a local BERT folder."),
     labels: str = typer.Option("4class", "--labels", help="4class (exc merged into hap) | 4class-noexc"),
     tags: str = typer.Option("keep", "--tags", help="Non-speech tags like [LAUGHTER]: keep | strip"),
-    n_mels: int = typer.Option(128, "--n-mels", min=16, max=256),
+    n_mels: int = typer.Option(128, "--n-mels", min=64, max=256, help="Mel bands (ModifiedAlexNet needs at least 63)."),
     max_seconds: float = typer.Option(15.0, "--max-seconds", min=0.5, help="Longer audio is truncated."),
     workers: int = typer.Option(0, "--workers", min=0, help="Feature processes; 0 = one per core."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where archives are unpacked (default: beside the cache)."),
@@ -135,7 +135,9 @@ def _print_prepare_summary(result) -> None:
     state = "cache hit: inputs unchanged, nothing to do" if result.cache_hit else "cache written"
     out.print(f"{state}: {result.cache_path} (fingerprint {result.fingerprint}, {result.seconds:.2f} s)", highlight=False)
     table = Table(title=f"{s['utterances']} utterances, label set {s['label_set']}")
-    classes = sorted(s["per_class"])
+    from emocli.corpus.records import get_label_set
+
+    classes = get_label_set(s["label_set"]).classes  # the paper's order: ang, hap, sad, neu
     table.add_column("session")
     for c in classes:
         table.add_column(c, justify="right")

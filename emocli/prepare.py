@@ -89,7 +89,9 @@ def read_source(source: Path, config: PrepareConfig, workdir: Path, progress: Pr
         return read_manifest(source, get_label_set(config.label_set))
     from emocli.corpus.iemocap import ReaderConfig, read_iemocap
 
-    return read_iemocap(source, ReaderConfig(label_set=config.label_set, tags=config.tags), workdir)
+    extract_progress = (lambda done, total: progress("unpack", done, total)) if progress else None
+    return read_iemocap(source, ReaderConfig(label_set=config.label_set, tags=config.tags), workdir,
+                        progress=extract_progress)
 
 
 def _source_kind(source: Path) -> str:

@@ -1,0 +1,446 @@
+"""The run directory, and nothing else: its layout, its config check, atomic checkpoints, and loading a model back.
+
+Layout (FORMAT_VERSION 1):
+    config.json                      RunConfig: model, train, feature config, label set, tokenizer identity,
+                                     cache fingerprint, fold names, emocli and format version
+    text_model/                      tokenizer files and the encoder's HF config.json, copied at creation, so
+                                     predict needs neither the original text-model folder nor the cache;
+      model.safetensors              the frozen encoder's weights, once for all folds (freeze_text only)
+    folds/<name>/split.json          utterance ids of train / val / test
+    folds/<name>/metrics.jsonl       one JSON line per epoch
+    folds/<name>/checkpoint/checkpoint.safetensors
+                                     the latest epoch: model, optimizer, best-so-far model as tensors; the
+                                     rest (optimizer index, scheduler, RNG, epoch, history) as JSON metadata
+    folds/<name>/model.safetensors   the final weights (best or last epoch), spec stats included; without the
+                                     frozen text encoder, which lives in text_model/model.safetensors
+    folds/<name>/predictions.jsonl   utt_id, true, pred, probs (class order of config.json) on the test part
+    folds/<name>/result.json         the fold's scores; its presence marks the fold finished
+    tensorboard/<name>/              TensorBoard scalars
+    summary.json                     scores of every fold and their mean and std
+
+Every file is written to a temporary name and renamed, so kill -9 at any moment leaves either the previous
+version or the new one. Nothing is ever unpickled: weights are safetensors, everything else JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from emocli import __version__
+from emocli.corpus.records import LabelSet
+from emocli.errors import CheckpointError
+from emocli.features import FeatureConfig
+
+FORMAT_VERSION = 1
+_MARKER = "emocli_run"
+_CHECKPOINT_KEY = "emocli_checkpoint"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+                    "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+# Train settings that say where a run executes, not what it computes: a run may resume elsewhere.
+_WHERE_NOT_WHAT = ("device",)
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that made a run, as saved in its config.json."""
+
+    model: "ModelConfig"  # noqa: F821 - emocli.model.ModelConfig
+    train: dict  # TrainConfig.to_json(); emocli.train owns the dataclass
+    features: FeatureConfig
+    label_set: LabelSet
+    tokenizer: dict  # the cache's {name, identity, model_type}
+    cache_fingerprint: str
+    folds: tuple[str, ...]
+    emocli_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.label_set.classes
+
+    def to_json(self) -> dict:
+        return {_MARKER: True, "format_version": self.format_version, "emocli_version": self.emocli_version,
+                "model": self.model.to_json(), "train": dict(self.train), "features": self.features.to_json(),
+                "label_set": self.label_set.to_json(), "tokenizer": dict(self.tokenizer),
+                "cache_fingerprint": self.cache_fingerprint, "folds": list(self.folds)}
+
+    @classmethod
+    def from_json(cls, data: dict, where: Path) -> "RunConfig":
+        from emocli.model import ModelConfig
+
+        if not isinstance(data, dict) or not data.get(_MARKER):
+            raise CheckpointError(f"{where} is not an emocli run config; point --run at a folder made by `emocli train`")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"{where} has run format {version}, this emocli reads {FORMAT_VERSION}; retrain "
+                                  f"with this version or use the emocli that made it ({data.get('emocli_version')})")
+        try:
+            return cls(model=ModelConfig.from_json(data["model"]), train=dict(data["train"]),
+                       features=FeatureConfig.from_json(data["features"]),
+                       label_set=LabelSet.from_json(data["label_set"]), tokenizer=dict(data["tokenizer"]),
+                       cache_fingerprint=str(data["cache_fingerprint"]), folds=tuple(data["folds"]),
+                       emocli_version=str(data["emocli_version"]), format_version=int(version))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where} is incomplete or damaged ({type(exc).__name__}: {exc}); "
+                                  f"retrain into a new --run") from None
+
+    def settings(self) -> dict:
+        """What must match for a rerun to continue this run: everything that changes the numbers."""
+        train = {k: v for k, v in self.train.items() if k not in _WHERE_NOT_WHAT}
+        return {"model": self.model.to_json(), "train": train, "features": self.features.to_json(),
+                "label_set": self.label_set.to_json(), "tokenizer": self.tokenizer.get("identity"),
+                "cache_fingerprint": self.cache_fingerprint}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --------------------------------------------------------------------------------------------- atomic files
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    _fsync_dir(path.parent)
+
+
+def _atomic_write_json(path: Path, data) -> None:
+    _atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _atomic_save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save
+
+    blob = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
+    _atomic_write_bytes(path, blob)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; the run is incomplete — rerun `emocli train` on it") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not readable JSON ({exc}); the run is damaged") from None
+
+
+def _refuse_pickles(folder: Path, expected: Path) -> None:
+    """Where safetensors are expected and a pickle sits instead, say so: we never unpickle."""
+    if folder.is_dir():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(f"{folder} holds pickled weights ({', '.join(pickles)}) instead of {expected.name}; "
+                                  f"emocli loads safetensors only and never unpickles — retrain into a new --run")
+
+
+def load_tensors(path: Path) -> tuple[dict, dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; CheckpointError for anything else."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        _refuse_pickles(path.parent, path)
+        raise CheckpointError(f"{path} is missing; the run is incomplete — rerun `emocli train` on it")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            return tensors, dict(handle.metadata() or {})
+    except Exception as exc:  # safetensors raises SafetensorError / OSError for a damaged or foreign file
+        raise CheckpointError(f"{path} is not a safetensors file ({type(exc).__name__}); it is damaged or was not "
+                              f"written by emocli — retrain into a new --run") from None
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+class Fold:
+    """One split's folder: its manifest, epoch log, checkpoint, final weights and predictions."""
+
+    def __init__(self, run: "Run", name: str):
+        self.run, self.name = run, name
+        self.path = run.path / "folds" / name
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.run.path / "tensorboard" / self.name
+
+    @property
+    def _checkpoint_file(self) -> Path:
+        return self.path / "checkpoint" / "checkpoint.safetensors"
+
+    # manifest and logs
+    def save_split(self, split: dict[str, list[str]]) -> None:
+        _atomic_write_json(self.path / "split.json", split)
+
+    def read_split(self) -> dict[str, list[str]]:
+        return _read_json(self.path / "split.json")
+
+    def write_metrics(self, records: Iterable[dict]) -> None:
+        """The whole epoch log, rewritten from the checkpoint's history, so it never runs ahead of a resume."""
+        _atomic_write_bytes(self.path / "metrics.jsonl",
+                            "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+
+    def read_metrics(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+    # checkpoint
+    def save_checkpoint(self, tensors: dict, state: dict) -> None:
+        """`tensors`: name -> tensor (model., optim., best., rng. prefixes are the caller's); `state`: JSON."""
+        _atomic_save_tensors(self._checkpoint_file, tensors, {_CHECKPOINT_KEY: json.dumps(state, sort_keys=True)})
+
+    def load_checkpoint(self) -> tuple[dict, dict] | None:
+        """(tensors, state) of the latest checkpoint, or None when the fold has not finished an epoch."""
+        if not self._checkpoint_file.is_file():
+            _refuse_pickles(self._checkpoint_file.parent, self._checkpoint_file)
+            return None
+        tensors, metadata = load_tensors(self._checkpoint_file)
+        if _CHECKPOINT_KEY not in metadata:
+            raise CheckpointError(f"{self._checkpoint_file} is not an emocli checkpoint; delete it or use a new --run")
+        return tensors, json.loads(metadata[_CHECKPOINT_KEY])
+
+    # final artefacts
+    def save_final(self, model_state: dict, predictions: list[dict], result: dict) -> None:
+        """Weights, predictions, then result.json last: its presence says the fold is complete."""
+        _atomic_save_tensors(self.path / "model.safetensors", model_state, {"format": "pt", "fold": self.name})
+        _atomic_write_bytes(self.path / "predictions.jsonl",
+                            "".join(json.dumps(p) + "\n" for p in predictions).encode())
+        _atomic_write_json(self.path / "result.json", result)
+        shutil.rmtree(self.path / "checkpoint", ignore_errors=True)  # the final weights supersede it
+
+    def result(self) -> dict | None:
+        path = self.path / "result.json"
+        return _read_json(path) if path.is_file() else None
+
+    def read_predictions(self) -> list[dict]:
+        path = self.path / "predictions.jsonl"
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing; fold {self.name} has not finished — rerun `emocli train`")
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Run:
+    def __init__(self, path: Path, config: RunConfig):
+        self.path, self.config = Path(path), config
+
+    def fold(self, name: str) -> Fold:
+        if name not in self.config.folds:
+            raise CheckpointError(f"{self.path} has no fold {name!r}; it has: {', '.join(self.config.folds)}")
+        return Fold(self, name)
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    def has_text_encoder_weights(self) -> bool:
+        return (self.path / "text_model" / "model.safetensors").is_file()
+
+    def save_text_encoder(self, tensors: dict) -> None:
+        _atomic_save_tensors(self.path / "text_model" / "model.safetensors", tensors, {"format": "pt"})
+
+    def save_summary(self, summary: dict) -> None:
+        _atomic_write_json(self.path / "summary.json", summary)
+
+    def read_summary(self) -> dict:
+        return _read_json(self.path / "summary.json")
+
+
+def fold_dirname(name: str) -> str:
+    """A fold name safe as one path component."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return safe.lstrip(".") or "fold"
+
+
+def check_run(run_dir: Path, config: RunConfig) -> Run | None:
+    """The existing run at `run_dir` when it was made with the same settings; None when there is none yet.
+
+    Reads only; raises CheckpointError for a run made differently or a folder that is not a run.
+    """
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        if run_dir.is_dir() and any(p for p in run_dir.iterdir() if not p.name.startswith(".")):
+            raise CheckpointError(f"{run_dir} exists and is not an emocli run (no config.json); use a new --run or "
+                                  f"an empty folder")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise CheckpointError(f"{run_dir} is a file, not a run folder; use a new --run")
+        return None
+    old = RunConfig.from_json(_read_json(config_file), config_file)
+    diff = _differences(old.settings(), config.settings())
+    if diff:
+        raise CheckpointError(f"run dir {run_dir} was made with different settings ({'; '.join(diff)}); use a new "
+                              f"--run or delete it")
+    return Run(run_dir, old)
+
+
+def create_or_open_run(run_dir: Path, config: RunConfig, text_model_dir: Path | None = None) -> Run:
+    """Open the run at `run_dir` if its settings equal `config`, else create it. Nothing is touched on refusal.
+
+    `text_model_dir`: the text model folder whose tokenizer files and config.json are copied in (None for an
+    audio-only model).
+    """
+    run_dir = Path(run_dir)
+    existing = check_run(run_dir, config)
+    if existing is not None:
+        return existing
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if text_model_dir is not None:
+        target = run_dir / "text_model"
+        target.mkdir(exist_ok=True)
+        for name in (*_TOKENIZER_FILES, "config.json"):
+            source = Path(text_model_dir) / name
+            if source.is_file():
+                _atomic_write_bytes(target / name, source.read_bytes())
+    _atomic_write_json(run_dir / "config.json", config.to_json())  # last: its presence makes the folder a run
+    return Run(run_dir, config)
+
+
+def open_run(run_dir: Path) -> Run:
+    """An existing run, for eval and predict."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"no run at {run_dir}; train one with `emocli train --run {run_dir}`")
+    config_file = run_dir / "config.json"
+    return Run(run_dir, RunConfig.from_json(_read_json(config_file), config_file))
+
+
+# --------------------------------------------------------------------------------------------- model state
+
+
+def text_encoder_keys(model) -> set[str]:
+    """state_dict keys of the model's text encoder (empty for an audio-only model)."""
+    from emocli.model import TextEncoder
+
+    prefixes = [name + "." for name, module in model.named_modules() if isinstance(module, TextEncoder)]
+    return {k for k in model.state_dict() if any(k.startswith(p) for p in prefixes)}
+
+
+def model_state(model, freeze_text: bool) -> dict:
+    """The weights a fold owns: all of them, less the frozen text encoder (stored once for the run)."""
+    state = model.state_dict()
+    skip = text_encoder_keys(model) if freeze_text else set()
+    return {k: v for k, v in state.items() if k not in skip}
+
+
+def load_model_state(model, tensors: dict, freeze_text: bool, where: Path) -> None:
+    """Load `tensors` into `model`, checking names and shapes; a frozen encoder's keys may be absent."""
+    expected = model.state_dict()
+    optional = text_encoder_keys(model) if freeze_text else set()
+    missing = sorted(set(expected) - set(tensors) - optional)
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(tensors) & set(expected) if tuple(tensors[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        parts = [f"{label} {', '.join(keys[:3])}{'…' if len(keys) > 3 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise CheckpointError(f"{where} does not fit this model ({'; '.join(parts)}); it was made by another "
+                              f"model configuration — retrain into a new --run")
+    model.load_state_dict(tensors, strict=False)
+
+
+def load_model(run_dir: Path, fold: str | None = None, device: str = "cpu"):
+    """(EmotionModel in eval mode, RunConfig, tokenizer or None) of a finished fold, built offline from the run.
+
+    `fold` defaults to the first fold of the run (`random-0`, or `loso-<first session>`). Each fold's model saw a
+    different training part; under `random` any of them is a fair choice; under `loso` the first fold's model
+    never saw the first session's speakers.
+    """
+    from emocli.model import EmotionModel, TextEncoder
+
+    run = open_run(run_dir)
+    config = run.config
+    name = fold if fold is not None else config.folds[0]
+    fold_obj = run.fold(name)
+    if fold_obj.result() is None:
+        _refuse_pickles(fold_obj.path, fold_obj.path / "model.safetensors")
+        raise CheckpointError(f"fold {name} of {run.path} has not finished training; rerun `emocli train` on it")
+    text_dir = run.path / "text_model"
+    encoder, tokenizer = None, None
+    if config.model.uses_text:
+        hf_config, tokenizer = _load_text_side(text_dir)
+        encoder = TextEncoder.from_config(hf_config, config.model.text_pooling)
+    model = EmotionModel(config.model, text_encoder=encoder)
+    weights = fold_obj.path / "model.safetensors"
+    tensors, _ = load_tensors(weights)
+    if config.model.uses_text and config.model.freeze_text:
+        shared, _ = load_tensors(text_dir / "model.safetensors")
+        tensors = {**shared, **tensors}
+    load_model_state(model, tensors, freeze_text=False, where=weights)
+    return model.to(device).eval(), config, tokenizer
+
+
+def _load_text_side(text_dir: Path) -> tuple[dict, object]:
+    """(the encoder's HF config as a dict, the tokenizer), from the run's own copy."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_config = _read_json(text_dir / "config.json")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(text_dir), local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load the tokenizer saved in {text_dir}: {exc}".splitlines()[0]) from None
+    return hf_config, tokenizer
+
+
+# --------------------------------------------------------------------------------------------- optimizer
+
+
+def flatten_optimizer(state_dict: dict, prefix: str = "optim.") -> tuple[dict, dict]:
+    """An optimizer's state_dict as (tensors, JSON index); no pickle."""
+    tensors, index = {}, {"param_groups": state_dict["param_groups"], "state": {}}
+    for pid, slots in state_dict["state"].items():
+        entry = {}
+        for slot, value in slots.items():
+            if hasattr(value, "shape"):
+                key = f"{prefix}{pid}.{slot}"
+                tensors[key] = value
+                entry[slot] = {"tensor": key}
+            else:
+                entry[slot] = {"value": value}
+        index["state"][str(pid)] = entry
+    return tensors, json.loads(json.dumps(index))  # tuples -> lists, and a check that it is plain JSON
+
+
+def unflatten_optimizer(tensors: dict, index: dict) -> dict:
+    state = {}
+    for pid, entry in index["state"].items():
+        state[int(pid)] = {slot: tensors[v["tensor"]] if "tensor" in v else v["value"] for slot, v in entry.items()}
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in index["param_groups"]]
+    return {"state": state, "param_groups": groups}

@@ -1,0 +1,695 @@
+"""`emocli train`: splits, the explicit training loop, per-epoch checkpoints, resume, and optional DDP.
+
+One call trains every fold of a protocol into one run directory (layout: `emocli.bundle`):
+    random  the paper's protocol: `repeats` seeded stratified splits of 90 % train / 10 % test; speakers are
+            shared between train and test, so the scores overestimate accuracy on new speakers.
+    loso    leave one session out: one fold per session, its speakers unseen in training.
+A validation part is carved, stratified, from each training part and used only to pick the best epoch.
+
+Reproducibility: batch order is a pure function of (seed, fold, epoch), and every global random generator is
+reseeded from (seed, fold, epoch, rank) at the start of each epoch, so an epoch's outcome depends only on the
+weights and optimizer state it starts from. Those are checkpointed after every epoch (with the scheduler and
+RNG states), which makes a rerun after kill -9 end with exactly the numbers of an uninterrupted run on CPU.
+
+DDP: under `torchrun --nproc-per-node N`, every rank builds the same global batches and trains on its slice
+of each; only rank 0 evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from emocli import bundle, metrics
+from emocli.errors import ConfigError
+
+# (fold name, epoch, epochs, train loss, train accuracy, utterances per second), after every epoch
+ProgressCallback = Callable[[str, int, int, float, float, float], None]
+
+PROTOCOLS = ("random", "loso")
+RANDOM_PROTOCOL_WARNING = ("protocol 'random' (the paper's) shares speakers between train and test, so its scores "
+                           "overestimate accuracy on unseen speakers; use --protocol loso for speaker-independent scores")
+_EVAL_BATCH_FACTOR = 2  # evaluation keeps no activations for backward: twice the batch fits
+_TEXT_EMBED_BATCH = 64  # utterances per encoder call when precomputing frozen text embeddings
+_STD_FLOOR_DB = 1e-3  # a constant mel band (e.g. above a low-passed signal's cutoff) must not divide by zero
+_GPU_CACHE_SHARE = 0.5  # move the cache to the GPU only if it takes at most this share of free memory
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    protocol: str = "random"  # "random" | "loso"
+    repeats: int = 3  # random protocol only: splits with seeds seed, seed+1, ...
+    test_fraction: float = 0.1
+    val_fraction: float = 0.1  # of the training part, stratified; picks the best epoch only
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 1e-4  # Adam, as the paper
+    step_size: int = 30  # StepLR epochs, as the paper
+    gamma: float = 0.1
+    class_weighted: bool = False  # inverse-frequency class weights in the loss; off, as the paper
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    select_best: bool = True  # test the epoch with the best validation UA; False: the last epoch
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown train setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def validate(self) -> None:
+        checks = [
+            (self.protocol in PROTOCOLS, f"protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}"),
+            (self.repeats >= 1, f"repeats must be at least 1, not {self.repeats}"),
+            (0.0 < self.test_fraction < 1.0, f"test_fraction must be between 0 and 1, not {self.test_fraction}"),
+            (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), not {self.val_fraction}"),
+            (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, not {self.batch_size}"),
+            (self.lr > 0, f"lr must be positive, not {self.lr}"),
+            (self.step_size >= 1, f"step_size must be at least 1, not {self.step_size}"),
+            (self.gamma > 0, f"gamma must be positive, not {self.gamma}"),
+            (self.seed >= 0, f"seed must be non-negative, not {self.seed}"),
+            (self.device in ("auto", "cpu", "cuda"), f"device {self.device!r} is not one of auto, cpu, cuda"),
+            (self.precision in ("auto", "fp32", "bf16"), f"precision {self.precision!r} is not one of auto, fp32, bf16"),
+            (self.val_fraction > 0 or not self.select_best,
+             "select_best needs a validation part: set val_fraction > 0, or select_best off to test the last epoch"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+def protocol_warnings(config: TrainConfig) -> list[str]:
+    """One line per caveat the user should see before the numbers (the CLI prints them)."""
+    return [RANDOM_PROTOCOL_WARNING] if config.protocol == "random" else []
+
+
+# --------------------------------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    index: int  # position among the protocol's folds; part of every seed derived for this fold
+    train: np.ndarray  # utterance indices the model is fitted on (sorted)
+    val: np.ndarray  # carved from the training part, for best-epoch selection
+    test: np.ndarray  # the held-out evaluation part
+
+
+def make_splits(labels: np.ndarray, sessions: list[str], classes: tuple[str, ...], config: TrainConfig) -> list[Split]:
+    """The protocol's folds; ConfigError when the data cannot support it."""
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    labels = np.asarray(labels)
+    everything = np.arange(len(labels))
+
+    def shuffle_split(indices: np.ndarray, fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+        try:
+            keep, held = next(splitter.split(indices, labels[indices]))
+        except ValueError as exc:
+            counts = {classes[c]: int(n) for c, n in zip(*np.unique(labels[indices], return_counts=True))}
+            raise ConfigError(f"cannot split {what} stratified with fraction {fraction} ({exc}); class counts "
+                              f"{counts} — use more data or change the fraction") from None
+        return np.sort(indices[keep]), np.sort(indices[held])
+
+    parts: list[tuple[str, np.ndarray, np.ndarray, int]] = []  # name, train (with val), test, seed
+    if config.protocol == "random":
+        for r in range(config.repeats):
+            train, test = shuffle_split(everything, config.test_fraction, config.seed + r, "the corpus")
+            parts.append((f"random-{r}", train, test, config.seed + r))
+    else:
+        names = sorted(set(sessions))
+        if len(names) < 2:
+            raise ConfigError(f"leave-one-session-out needs at least 2 sessions; the cache has {len(names)} "
+                              f"({', '.join(names) or 'none'}); use --protocol random")
+        session_of = np.asarray(sessions)
+        for name in names:
+            parts.append((f"loso-{name}", everything[session_of != name], everything[session_of == name],
+                          config.seed))
+
+    splits = []
+    for i, (name, train, test, seed) in enumerate(parts):
+        missing = [classes[c] for c in range(len(classes)) if not np.any(labels[train] == c)]
+        if missing:
+            raise ConfigError(f"fold {name}: class(es) {', '.join(missing)} have no utterance in the training part; "
+                              f"every class needs training data — check the cache's per-session counts")
+        val = np.zeros(0, dtype=np.int64)
+        if config.val_fraction > 0:
+            train, val = shuffle_split(train, config.val_fraction, seed, f"the training part of fold {name}")
+        splits.append(Split(bundle.fold_dirname(name), i, train.astype(np.int64), val.astype(np.int64),
+                            np.sort(test).astype(np.int64)))
+    return splits
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    name: str
+    wa: float
+    ua: float
+    macro_f1: float
+    epoch: int  # the epoch whose weights were tested
+    n_train: int
+    n_val: int
+    n_test: int
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FoldResult":
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    protocol: str
+    folds: list[FoldResult]
+    aggregate: dict  # {wa|ua|macro_f1: {mean, std, values}}
+    warnings: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)  # "fold X from epoch k" / "fold X already finished"
+
+    def to_json(self) -> dict:
+        return {"run_dir": str(self.run_dir), "protocol": self.protocol, "folds": [asdict(f) for f in self.folds],
+                "aggregate": self.aggregate, "warnings": self.warnings, "resumed": self.resumed}
+
+
+# --------------------------------------------------------------------------------------------- runtime
+
+
+@dataclass(frozen=True)
+class _Dist:
+    """Where this process stands: rank, world size, device and precision."""
+
+    rank: int
+    world: int
+    device: "torch.device"  # noqa: F821
+    bf16: bool
+    owns_group: bool  # we initialised the process group, so we tear it down
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup(config: TrainConfig) -> _Dist:
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA device is visible; use --device cpu or auto")
+    cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+        owns = True
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
+    return _Dist(rank, world, device, bf16, owns)
+
+
+def _seed_everything(*key: int) -> None:
+    import torch
+
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+
+
+def _rng_state(dist_: _Dist) -> tuple[dict, dict]:
+    import torch
+
+    py = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(keys.astype(np.int64))}
+    if dist_.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(dist_.device)
+    state = {"python": [py[0], list(py[1]), py[2]], "numpy": [kind, int(pos), int(has_gauss), float(cached)]}
+    return tensors, state
+
+
+def _set_rng_state(tensors: dict, state: dict, dist_: _Dist) -> None:
+    import torch
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["rng.torch"])
+    if dist_.device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], dist_.device)
+
+
+class _Corpus:
+    """The whole cache as tensors, on the GPU when it fits; batches are gathered by index, padded to their max."""
+
+    def __init__(self, data, modality: str, device):
+        import torch
+
+        self.device = device
+        self.modality = modality
+        spec = torch.from_numpy(data.spec)  # (F, n_mels) float16
+        on_gpu = device.type == "cuda" and spec.numel() * 2 < _GPU_CACHE_SHARE * torch.cuda.mem_get_info(device)[0]
+        self.home = device if on_gpu else torch.device("cpu")
+        self.spec = spec.to(self.home)
+        self.offsets = torch.from_numpy(data.spec_offsets[:-1].astype(np.int64)).to(self.home)  # (N,)
+        self.lengths = torch.from_numpy(data.spec_lengths).to(self.home)  # (N,)
+        self.input_ids = torch.from_numpy(data.input_ids.astype(np.int64)).to(self.home)  # (N, L)
+        self.attention_mask = torch.from_numpy(data.attention_mask.astype(np.int64)).to(self.home)  # (N, L)
+        self.labels = torch.from_numpy(data.labels.astype(np.int64)).to(self.home)  # (N,)
+        self.text_present = torch.tensor([bool(t.strip()) for t in data.texts], device=self.home)  # (N,)
+        self.text_embeds = None  # (N, H) once precomputed for a frozen encoder
+
+    def batch(self, indices: np.ndarray) -> tuple[dict, "torch.Tensor"]:  # noqa: F821
+        """(model keyword arguments, labels) for the utterances `indices`, on the training device."""
+        import torch
+
+        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.home)
+        kwargs = {}
+        if self.modality != "text":  # audio or both
+            lengths = self.lengths[idx]  # (B,)
+            t_max = int(lengths.max())
+            steps = torch.arange(t_max, device=self.home)  # (T,)
+            valid = steps[None, :] < lengths[:, None]  # (B, T)
+            frames = torch.where(valid, self.offsets[idx][:, None] + steps[None, :], 0)  # (B, T)
+            spec = torch.where(valid[:, :, None], self.spec[frames].float(), 0.0)  # (B, T, n_mels); the model masks by length
+            kwargs["spec"] = spec.transpose(1, 2).contiguous().to(self.device, non_blocking=True)  # (B, n_mels, T)
+            kwargs["spec_lengths"] = lengths.to(self.device)
+        if self.modality != "audio":
+            kwargs["text_present"] = self.text_present[idx].to(self.device)
+            if self.text_embeds is not None:
+                kwargs["text_embeds"] = self.text_embeds[idx.to(self.text_embeds.device)].to(self.device)
+            else:
+                mask = self.attention_mask[idx]  # (B, L)
+                width = max(int(mask.sum(dim=1).max()), 1)  # trim padding columns no row uses
+                kwargs["input_ids"] = self.input_ids[idx][:, :width].to(self.device)
+                kwargs["attention_mask"] = mask[:, :width].to(self.device)
+        return kwargs, self.labels[idx].to(self.device)
+
+
+def _spec_stats(data, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-mel mean and std (dB) over every frame of the utterances `indices`; float64 sums for stability."""
+    lengths = data.spec_lengths[indices]
+    frames = np.concatenate([np.arange(data.spec_offsets[i], data.spec_offsets[i + 1]) for i in indices])
+    total, sq = np.zeros(data.spec.shape[1]), np.zeros(data.spec.shape[1])
+    for start in range(0, len(frames), 1 << 16):  # chunked: the whole corpus in float64 would double memory
+        chunk = data.spec[frames[start:start + (1 << 16)]].astype(np.float64)  # (chunk, n_mels)
+        total += chunk.sum(axis=0)
+        sq += (chunk * chunk).sum(axis=0)
+    n = float(lengths.sum())
+    mean = total / n
+    std = np.sqrt(np.maximum(sq / n - mean * mean, 0.0))
+    return mean.astype(np.float32), np.maximum(std, _STD_FLOOR_DB).astype(np.float32)
+
+
+def _batch_order(n: int, batch_size: int, seed: int, fold: int, epoch: int) -> list[np.ndarray]:
+    """The epoch's batches of positions 0..n-1: a pure function of (seed, fold, epoch)."""
+    order = np.random.default_rng([seed, fold, epoch]).permutation(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _all_sum(values: list[float], dist_: _Dist) -> list[float]:
+    if dist_.world == 1:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=dist_.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _agree(ok: bool, dist_: _Dist) -> bool:
+    """True on every rank iff `ok` on every rank."""
+    return _all_sum([0.0 if ok else 1.0], dist_)[0] == 0.0
+
+
+def _barrier(dist_: _Dist) -> None:
+    if dist_.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConfig = TrainConfig(),
+          progress: ProgressCallback | None = None) -> TrainSummary:
+    """Train every fold of `train_config.protocol` on the cache into `run_dir`; resume whatever is unfinished."""
+    import torch
+
+    from emocli.cache import read_cache
+
+    train_config.validate()
+    data = read_cache(cache_path)
+    text_ref = _check_compatible(data.meta, model_config, cache_path)
+    if text_ref is not None:  # the encoder's width is a fact of the text model, not a choice: taken from it
+        from emocli.text_model import encoder_config
+
+        model_config = replace(model_config, text_hidden=int(encoder_config(text_ref).hidden_size))
+    classes = data.meta.classes
+    splits = make_splits(data.labels, data.sessions, classes, train_config)
+    run_config = bundle.RunConfig(model=model_config, train=train_config.to_json(),
+                                  features=_feature_config(data.meta), label_set=_label_set(data.meta),
+                                  tokenizer=dict(data.meta.inputs.get("tokenizer", {})),
+                                  cache_fingerprint=data.meta.fingerprint, folds=tuple(s.name for s in splits))
+    dist_ = _setup(train_config)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        run = _open_run(run_dir, run_config, text_ref, dist_)
+        if dist_.main:
+            for s in splits:
+                fold = run.fold(s.name)
+                if not (fold.path / "split.json").is_file():
+                    fold.save_split({part: [data.utt_ids[i] for i in getattr(s, part)]
+                                     for part in ("train", "val", "test")})
+        if dist_.device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        corpus = _Corpus(data, model_config.modality, dist_.device)
+        results, resumed = [], []
+        for split in splits:
+            results.append(_train_fold(run, split, data, corpus, model_config, train_config, dist_, progress,
+                                       resumed))
+        aggregate = metrics.aggregate([asdict(r) for r in results])
+        summary = TrainSummary(Path(run_dir), train_config.protocol, results, aggregate,
+                               protocol_warnings(train_config), resumed)
+        if dist_.main:
+            run.save_summary(summary.to_json())
+        return summary
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        if dist_.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _feature_config(meta):
+    from emocli.features import FeatureConfig
+
+    return FeatureConfig.from_json(meta.inputs["feature_config"])
+
+
+def _label_set(meta):
+    from emocli.corpus.records import LabelSet
+
+    return LabelSet.from_json(meta.inputs["label_set"])
+
+
+def _check_compatible(meta, model_config, cache_path: Path):
+    """The text model (None for audio only), after checking the model fits the cache's labels, mels and tokens."""
+    from emocli.text_model import resolve_text_model, tokenizer_identity
+
+    n_classes, n_mels = len(meta.classes), int(meta.inputs["feature_config"]["n_mels"])
+    if model_config.n_classes != n_classes:
+        raise ConfigError(f"the model has {model_config.n_classes} classes, the cache {cache_path} has {n_classes} "
+                          f"({', '.join(meta.classes)}); set n_classes={n_classes}")
+    if model_config.n_mels != n_mels:
+        raise ConfigError(f"the model expects {model_config.n_mels} mel bands, the cache {cache_path} has {n_mels}; "
+                          f"set n_mels={n_mels} or re-run `emocli prepare --n-mels {model_config.n_mels}`")
+    if not model_config.uses_text:
+        return None
+    ref = resolve_text_model(model_config.text_model)
+    cached = meta.inputs.get("tokenizer", {}).get("identity")
+    if cached != tokenizer_identity(ref):
+        raise ConfigError(f"the cache {cache_path} was tokenised with {meta.inputs.get('tokenizer', {}).get('name')!r}, "
+                          f"which differs from the text model {model_config.text_model!r}; re-run `emocli prepare "
+                          f"--text-model {model_config.text_model}` or train with the cache's text model")
+    return ref
+
+
+def _open_run(run_dir: Path, run_config, text_ref, dist_: _Dist):
+    """Rank 0 checks and creates the run; the others wait, then open it read-only."""
+    error = None
+    if dist_.main:
+        try:
+            bundle.create_or_open_run(run_dir, run_config, text_ref.path if text_ref is not None else None)
+        except Exception as exc:  # every rank must leave together, or the others wait for ever
+            error = exc
+    if not _agree(error is None, dist_):
+        if error is not None:
+            raise error
+        from emocli.errors import CheckpointError
+
+        raise CheckpointError(f"rank 0 refused the run dir {run_dir}; see its message")
+    run = bundle.check_run(run_dir, run_config)
+    assert run is not None
+    return run
+
+
+def _build_model(model_config, split: Split, train_config: TrainConfig, dist_: _Dist):
+    from emocli.model import EmotionModel
+
+    _seed_everything(train_config.seed, split.index, 1 << 20)  # same initial weights on every rank and rerun
+    return EmotionModel(model_config).to(dist_.device)  # the text encoder loads from config.text_model
+
+
+def _train_fold(run, split: Split, data, corpus: _Corpus, model_config, train_config: TrainConfig, dist_: _Dist,
+                progress: ProgressCallback | None, resumed: list[str]) -> FoldResult:
+    import torch
+
+    fold = run.fold(split.name)
+    done = fold.result()
+    if done is not None:
+        resumed.append(f"fold {split.name} already finished")
+        return FoldResult.from_json(done)
+
+    # model, its input statistics, and the frozen text embeddings
+    model = _build_model(model_config, split, train_config, dist_)
+    if model_config.uses_audio:
+        mean, std = _spec_stats(data, split.train)
+        model.set_spec_stats(torch.from_numpy(mean), torch.from_numpy(std))
+    if train_config.class_weighted:  # a buffer of the model: saved with its weights, used by its loss
+        model.set_class_weights(torch.from_numpy(_class_weights(data.labels[split.train], len(data.meta.classes))))
+    freeze = bool(model_config.freeze_text) and model_config.uses_text
+    if dist_.main and freeze and not run.has_text_encoder_weights():
+        run.save_text_encoder({k: v for k, v in model.state_dict().items() if k in bundle.text_encoder_keys(model)})
+    corpus.text_embeds = _text_embeddings(model, corpus, dist_) if freeze else None
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=train_config.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=train_config.step_size, gamma=train_config.gamma)
+
+    # resume
+    start, history, best = 1, [], {"epoch": 0, "val_ua": -1.0}
+    best_state = None
+    checkpoint = fold.load_checkpoint()
+    if checkpoint is not None:
+        tensors, state = checkpoint
+        model_tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        bundle.load_model_state(model, model_tensors, freeze, fold.path / "checkpoint")
+        optimizer.load_state_dict(bundle.unflatten_optimizer(tensors, state["optimizer"]))
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(tensors, state["rng"], dist_)
+        best_state = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} or None
+        start, history, best = state["epoch"] + 1, state["history"], state["best"]
+        resumed.append(f"fold {split.name} from epoch {start}")
+
+    net = model
+    if dist_.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # A trainable HF encoder has parameters the forward never uses (BERT's pooler): DDP must look for them.
+        net = DistributedDataParallel(model, device_ids=[dist_.device.index] if dist_.device.type == "cuda" else None,
+                                      find_unused_parameters=model_config.uses_text and not freeze)
+    writer = _tensorboard(fold, start) if dist_.main else None
+    autocast = torch.autocast(device_type=dist_.device.type, dtype=torch.bfloat16, enabled=dist_.bf16)
+
+    for epoch in range(start, train_config.epochs + 1):
+        _seed_everything(train_config.seed, split.index, epoch, dist_.rank)
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with, before the scheduler steps
+        started = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0.0, 0.0
+        for positions in _batch_order(len(split.train), train_config.batch_size, train_config.seed, split.index, epoch):
+            if len(positions) < dist_.world:
+                continue  # a last batch smaller than the world cannot give every rank an item; all ranks skip it
+            mine = np.array_split(split.train[positions], dist_.world)[dist_.rank]
+            kwargs, labels = corpus.batch(mine)
+            with autocast:
+                out = net(**kwargs, labels=labels)  # logits (B, C); loss: cross-entropy with the model's class weights
+            logits, loss = out.logits, out.loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(mine)
+            correct += float((logits.detach().argmax(dim=1) == labels).sum())
+            seen += len(mine)
+        scheduler.step()
+        loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], dist_)
+        seconds = time.perf_counter() - started
+        record = {"epoch": epoch, "lr": lr,
+                  "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                  "utt_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
+        if dist_.main:
+            if len(split.val):
+                probs, val_loss = _predict(model, corpus, split.val, train_config.batch_size, autocast)
+                y_val = data.labels[split.val]
+                record.update(val_loss=val_loss, val_acc=metrics.accuracy(y_val, probs.argmax(1)),
+                              val_ua=metrics.unweighted_accuracy(y_val, probs.argmax(1)))
+                if train_config.select_best and record["val_ua"] > best["val_ua"]:
+                    best = {"epoch": epoch, "val_ua": record["val_ua"]}
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in bundle.model_state(model, freeze).items()}
+            history.append(record)
+            _save_checkpoint(fold, model, optimizer, scheduler, freeze, epoch, history, best, best_state, dist_)
+            fold.write_metrics(history)
+            _log_scalars(writer, record)
+            if progress is not None:
+                progress(split.name, epoch, train_config.epochs, record["train_loss"], record["train_acc"],
+                         record["utt_per_s"])
+    if writer is not None:
+        writer.close()
+
+    result = None
+    if dist_.main:
+        tested_epoch = history[-1]["epoch"] if history else train_config.epochs
+        if train_config.select_best and best_state is not None:
+            bundle.load_model_state(model, best_state, freeze, fold.path / "checkpoint")
+            tested_epoch = best["epoch"]
+        probs, _ = _predict(model, corpus, split.test, train_config.batch_size, autocast)
+        y_true, y_pred = data.labels[split.test], probs.argmax(axis=1)
+        classes = data.meta.classes
+        scores = metrics.scores(y_true, y_pred, classes)
+        result = FoldResult(split.name, scores["wa"], scores["ua"], scores["macro_f1"], tested_epoch,
+                            len(split.train), len(split.val), len(split.test))
+        predictions = [{"utt_id": data.utt_ids[i], "true": classes[int(t)], "pred": classes[int(p)],
+                        "probs": [float(x) for x in row]}
+                       for i, t, p, row in zip(split.test, y_true, y_pred, probs)]
+        fold.save_final(bundle.model_state(model, freeze), predictions, {**asdict(result), "scores": scores})
+    _barrier(dist_)
+    if result is None:  # other ranks read what rank 0 wrote
+        result = FoldResult.from_json(fold.result())
+    return result
+
+
+def _class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse frequency, normalised so a balanced corpus gets weight 1 everywhere."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return (counts.sum() / (n_classes * np.maximum(counts, 1))).astype(np.float32)
+
+
+def _text_embeddings(model, corpus: _Corpus, dist_: _Dist):
+    """(N, H) embeddings of every transcript by the frozen encoder, computed once and reused every epoch."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(corpus.labels), _TEXT_EMBED_BATCH):
+            mask = corpus.attention_mask[start:start + _TEXT_EMBED_BATCH]
+            width = max(int(mask.sum(dim=1).max()), 1)
+            ids = corpus.input_ids[start:start + _TEXT_EMBED_BATCH, :width]
+            out.append(model.encode_text(ids.to(dist_.device), mask[:, :width].to(dist_.device)).float())
+    model.train()
+    return torch.cat(out)  # (N, H) on the training device
+
+
+def _predict(model, corpus: _Corpus, indices: np.ndarray, batch_size: int, autocast) -> tuple[np.ndarray, float]:
+    """(probabilities (n, C) float32, mean loss) of `indices` in order, in eval mode."""
+    import torch
+
+    model.eval()
+    probs, loss_sum = [], 0.0
+    step = batch_size * _EVAL_BATCH_FACTOR
+    with torch.no_grad():
+        for start in range(0, len(indices), step):
+            kwargs, labels = corpus.batch(indices[start:start + step])
+            with autocast:
+                out = model(**kwargs, labels=labels)
+            loss_sum += float(out.loss) * len(labels)  # the batch mean back to a sum
+            probs.append(torch.softmax(out.logits.float(), dim=1).cpu())  # (B, C)
+    model.train()
+    if not probs:
+        return np.zeros((0, 0), np.float32), 0.0
+    return torch.cat(probs).numpy().astype(np.float32), loss_sum / len(indices)
+
+
+def _save_checkpoint(fold, model, optimizer, scheduler, freeze: bool, epoch: int, history: list, best: dict,
+                     best_state: dict | None, dist_: _Dist) -> None:
+    optim_tensors, optim_index = bundle.flatten_optimizer(optimizer.state_dict())
+    rng_tensors, rng_state = _rng_state(dist_)
+    tensors = {**{f"model.{k}": v for k, v in bundle.model_state(model, freeze).items()}, **optim_tensors,
+               **rng_tensors, **{f"best.{k}": v for k, v in (best_state or {}).items()}}
+    state = {"fold": fold.name, "epoch": epoch, "optimizer": optim_index, "scheduler": scheduler.state_dict(),
+             "rng": rng_state, "best": best, "history": history}
+    fold.save_checkpoint(tensors, state)
+
+
+def _tensorboard(fold, start_epoch: int):
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step drops events a killed run logged past its last checkpoint, so curves never double back
+    return SummaryWriter(log_dir=str(fold.tensorboard_dir), purge_step=start_epoch if start_epoch > 1 else None)
+
+
+def _log_scalars(writer, record: dict) -> None:
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_ua", "lr", "utt_per_s"):
+        if key in record:
+            group, _, name = key.partition("_") if key.startswith(("train", "val")) else ("misc", "", key)
+            writer.add_scalar(f"{group}/{name}", record[key], record["epoch"])
+    writer.flush()
+
+
+# --------------------------------------------------------------------------------------------- script entry
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """`python -m emocli.train`: a plain entry for torchrun and tests; the user-facing command is `emocli train`."""
+    import argparse
+    import sys
+
+    from emocli.errors import EmocliError
+    from emocli.model import ModelConfig
+
+    parser = argparse.ArgumentParser(prog="python -m emocli.train")
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--run-dir", type=Path, required=True)  # not --run: torchrun takes it for --run-path
+    parser.add_argument("--model", default="{}", help="ModelConfig as JSON")
+    parser.add_argument("--train", default="{}", help="TrainConfig fields as JSON")
+    args = parser.parse_args(argv)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+
+    def report(fold: str, epoch: int, epochs: int, loss: float, acc: float, speed: float) -> None:
+        print(f"epoch {fold} {epoch}/{epochs} loss {loss:.4f} acc {acc:.4f} {speed:.0f} utt/s", flush=True)
+
+    try:
+        model_config = ModelConfig.from_json(json.loads(args.model))
+        train_config = TrainConfig.from_json(json.loads(args.train))
+        for line in protocol_warnings(train_config):
+            if rank0:
+                print(f"warning: {line}", file=sys.stderr, flush=True)
+        summary = train(args.cache, args.run_dir, model_config, train_config, progress=report)
+    except EmocliError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if rank0:
+        print(json.dumps(summary.to_json()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
