@@ -72,7 +72,7 @@ DIALOG_WAV_S = 0.5  # the whole-dialog stereo wav is only a placeholder (spec 10
 
 # --- Sizes and rates of the quirks -------------------------------------------------------------------------
 UTTS_PER_DIALOG = 40  # corpus size -> dialog count; at 10k utterances all 151 dialogs are used
-MIN_DIALOGS = 8  # the 5 special dialogs plus one each for sessions 1, 2 and 4
+MIN_DIALOGS = 9  # the 5 special dialogs plus one ordinary dialog each for sessions 1, 2, 4 and 5
 HAP_SHARE = 595 / 1636  # hap vs exc inside the merged happy class (spec 7.1)
 DROPPED_SHARE = {"xxx": 2507, "fru": 1849, "sur": 107, "fea": 40, "oth": 3, "dis": 2}  # spec 7.1 counts
 SPEAKER_SWITCH_P = 0.8
@@ -348,7 +348,8 @@ def _choose_dialogs(n: int, rng: np.random.Generator) -> list[str]:
     for s in SESSIONS:
         rng.shuffle(pools[s])
     while len(chosen) < n:
-        have = Counter(_session_of(d) for d in chosen)
+        # Ses05M_script01_1b does not count: without MOCAP it cannot fill Session5's MOCAP folders alone.
+        have = Counter(_session_of(d) for d in chosen if d not in NO_MOCAP_DIALOGS)
         s = min((s for s in SESSIONS if pools[s]), key=lambda s: (have[s], s))
         # Alternate the mocap letter within a session, so F-set and M-set dialogs both occur.
         letters = Counter(d[5] for d in chosen if _session_of(d) == s)
@@ -435,7 +436,7 @@ def _number_turns(dialog: _Dialog) -> None:
         key = (t.letter, t.labelled)
         n = counters[key]
         counters[key] += 1
-        t.utt_id = f"{dialog.name}_{t.letter}{n:03d}" if t.labelled else f"{dialog.name}_{t.letter}XX{n % 10}"
+        t.utt_id = f"{dialog.name}_{t.letter}{n:03d}" if t.labelled else f"{dialog.name}_{t.letter}XX{n}"
 
 
 def _sentence(core: str, prefix: str = "") -> str:
@@ -607,41 +608,63 @@ def _transcript_line(t: _Turn) -> str:
 
 
 def plan_corpus(config: SynthConfig) -> CorpusPlan:
-    """Decide everything but the audio samples. Deterministic in `config` (the format does not matter)."""
+    """Decide everything but the audio samples. Deterministic in `config`; the format plays no part."""
     _validate(config)
     rng = np.random.default_rng([config.seed, 0])
     counts = _code_counts(config)
     total = sum(counts.values())
-    names = _choose_dialogs(min(len(dialog_inventory()), max(MIN_DIALOGS, math.ceil(total / UTTS_PER_DIALOG))), rng)
-    dialogs = [_Dialog(name=n, session=_session_of(n)) for n in names]
-    sizes = _turns_per_dialog(names, total)
+    n_dialogs = min(len(dialog_inventory()), max(MIN_DIALOGS, math.ceil(total / UTTS_PER_DIALOG)))
+    dialogs = _seat_turns(_choose_dialogs(n_dialogs, rng), counts, rng)
+    n_xx = _insert_xx_turns(dialogs, max(2, round(XX_RATE * total)), rng)
+    _time_and_name(dialogs, config.mean_seconds, rng)
+    turns = [t for d in dialogs for t in d.turns if t.labelled]
+    _word_and_rate(dialogs, turns, config, rng)
+    for t in _pick(turns, TIME_MISMATCHES, rng):
+        if rng.random() < 0.5:
+            t.trans_start += 1 if rng.random() < 0.5 or t.start == 0 else -1
+        else:
+            t.trans_end += 1 if rng.random() < 0.5 else -1
+    n_idless = _write_transcripts(dialogs, max(2, round(IDLESS_RATE * total)), rng)
+    return CorpusPlan(config=config, dialogs=dialogs, xx_turns=n_xx, idless_lines=n_idless)
 
+
+def _seat_turns(names: list[str], counts: dict[str, int], rng: np.random.Generator) -> list[_Dialog]:
+    """Dialogs with their labelled turns: speaker sequence and code, shuffled over the whole corpus."""
+    dialogs = [_Dialog(name=n, session=_session_of(n)) for n in names]
     codes = [c for c in ALL_CODES for _ in range(counts.get(c, 0))]
     rng.shuffle(codes)
     it = iter(codes)
-    for d, size in zip(dialogs, sizes):
+    for d, size in zip(dialogs, _turns_per_dialog(names, len(codes))):
         d.turns = [_Turn(d.name, d.session, letter, next(it)) for letter in _speaker_sequence(size, rng)]
     _cover_speakers([t for d in dialogs for t in d.turns])
+    return dialogs
 
-    n_xx = max(2, round(XX_RATE * total))
-    for i in range(n_xx):
-        d = dialogs[int(rng.integers(len(dialogs)))]
+
+def _insert_xx_turns(dialogs: list[_Dialog], n: int, rng: np.random.Generator) -> int:
+    for i in range(n):
         letter = "FM"[i] if i < 2 else "FM"[int(rng.integers(2))]
+        # The id grammar gives XX turns one digit (FXX0..FXX9), so a speaker gets at most ten per dialog.
+        room = [d for d in dialogs if sum(1 for t in d.turns if not t.labelled and t.letter == letter) < 10]
+        d = room[int(rng.integers(len(room)))]
         d.turns.insert(int(rng.integers(len(d.turns) + 1)), _Turn(d.name, d.session, letter, None))
+    return n
 
+
+def _time_and_name(dialogs: list[_Dialog], mean_s: float, rng: np.random.Generator) -> None:
     serial = 0
     for d in dialogs:
-        _lay_out_times(d.turns, config.mean_seconds, rng)
+        _lay_out_times(d.turns, mean_s, rng)
         _number_turns(d)
-        c = sorted(rng.choice(6, size=3, replace=False) + 1)
-        d.c_raters = tuple(f"E{x}" for x in c)
+        d.c_raters = tuple(f"E{x}" for x in sorted(rng.choice(6, size=3, replace=False) + 1))
         d.a_raters = tuple(sorted(str(r) for r in rng.choice(d.c_raters, size=2, replace=False)))
         d.self_rated = d.session in SELF_RATED_SESSIONS and rng.random() < SELF_RATED_P
         for t in d.turns:
             t.serial = serial
             serial += 1
 
-    turns = [t for d in dialogs for t in d.turns if t.labelled]
+
+def _word_and_rate(dialogs: list[_Dialog], turns: list[_Turn], config: SynthConfig,
+                   rng: np.random.Generator) -> None:
     by_name = {d.name: d for d in dialogs}
     for t in turns:
         # oth and xxx have no emotion to carry, so neither view can be informative for them.
@@ -657,12 +680,9 @@ def plan_corpus(config: SynthConfig) -> CorpusPlan:
     _apply_text_quirks(turns, rng)
     _apply_rating_quirks(turns, by_name, rng)
 
-    for t in _pick(turns, TIME_MISMATCHES, rng):
-        if rng.random() < 0.5 and t.start > 0:
-            t.trans_start += 1 if rng.random() < 0.5 else -1
-        else:
-            t.trans_end += 1 if rng.random() < 0.5 else -1
 
+def _write_transcripts(dialogs: list[_Dialog], n_idless: int, rng: np.random.Generator) -> int:
+    """Lines in start order with a few inversions (at least one), then id-less lines like `M: sorry`."""
     orders = {}
     swaps = 0
     for d in dialogs:
@@ -672,12 +692,11 @@ def plan_corpus(config: SynthConfig) -> CorpusPlan:
         _force_inversion(dialogs, orders)
     for d in dialogs:
         d.transcript = [_transcript_line(t) for _, t in orders[d.name]]
-    n_idless = max(2, round(IDLESS_RATE * total))
     for i in range(n_idless):
         d = dialogs[int(rng.integers(len(dialogs)))]
         letter, words = IDLESS_TEXTS[i % len(IDLESS_TEXTS)]
         d.transcript.insert(1 + int(rng.integers(len(d.transcript))), f"{letter}: {words}")
-    return CorpusPlan(config=config, dialogs=dialogs, xx_turns=n_xx, idless_lines=n_idless)
+    return n_idless
 
 
 def _validate(config: SynthConfig) -> None:
@@ -716,7 +735,7 @@ def _a_line(rater: str, vad: list[int], style: str | None, comment: str) -> str:
     return f"A-{rater}:\tval {v}; act {a};{dom}\t({comment})"
 
 
-def emo_evaluation_text(d: _Dialog) -> str:
+def _emo_evaluation_text(d: _Dialog) -> str:
     """Header, blank line, then F blocks ascending and M blocks ascending, each followed by a blank line."""
     lines = [EMO_HEADER, ""]
     for t in sorted(d.labelled, key=lambda t: (t.letter, t.utt_id)):
@@ -730,12 +749,12 @@ def emo_evaluation_text(d: _Dialog) -> str:
     return "\n".join(lines) + "\n"
 
 
-def transcript_text(d: _Dialog, crlf: bool, final_newline: bool) -> str:
+def _transcript_text(d: _Dialog, crlf: bool, final_newline: bool) -> str:
     eol = "\r\n" if crlf else "\n"
     return eol.join(d.transcript) + (eol if final_newline else "")
 
 
-def categorical_files(d: _Dialog) -> dict[str, str]:
+def _categorical_files(d: _Dialog) -> dict[str, str]:
     """Per-rater files in the subfolder a recursive glob wrongly picks up; a rater's own first label only."""
     out = {}
     for rater in d.c_raters:
@@ -748,16 +767,16 @@ def categorical_files(d: _Dialog) -> dict[str, str]:
     return out
 
 
-def attribute_files(d: _Dialog, raters: tuple[str, ...], suffix: str) -> dict[str, str]:
+def _attribute_files(d: _Dialog) -> dict[str, str]:
     out = {}
-    for rater in raters:
+    for rater in d.a_raters:
         rows = [f"{t.utt_id} :act {t.attrs[rater][1]}; :val {t.attrs[rater][0]}; :dom {t.attrs[rater][2]};"
                 for t in sorted(d.labelled, key=lambda t: t.utt_id) if rater in t.attrs]
-        out[f"{d.name}_{rater.lower()}_{suffix}.txt"] = "\n".join(rows) + "\n"
+        out[f"{d.name}_{rater.lower()}_atr.txt"] = "\n".join(rows) + "\n"
     return out
 
 
-def self_evaluation_files(d: _Dialog) -> dict[str, str]:
+def _self_evaluation_files(d: _Dialog) -> dict[str, str]:
     """Written for every dialog, so every session's Self-evaluation/ holds .txt files (checklist)."""
     out = {}
     for letter in "FM":
@@ -780,7 +799,7 @@ def _phseg(t: _Turn) -> str:
             f" Total score:\t-{3000 + t.serial % 983}\n")
 
 
-def _mocap_text(name: str, n_rows: int = 3) -> str:
+def _mocap_text(n_rows: int) -> str:
     rows = ["Frame# Time CH1 CH2 CH3", "-- placeholder motion capture, not real data --"]
     rows += [f"{i + 1} {i / 120:.4f} 0.0 0.0 0.0" for i in range(n_rows)]
     return "\n".join(rows) + "\n"
@@ -998,6 +1017,7 @@ def render_speech(n: int, voice: Voice, code: str | None, rng: np.random.Generat
     n_syl = int(idx[-1]) + 1
     strength = rng.uniform(0.55, 1.0, n_syl).astype(np.float32)
     strength[rng.random(n_syl) < p.pause_p] = 0.03
+    strength[idx[n // 2]] = 1.0  # never a silent middle: a short utterance could otherwise be all pause
     bump = np.sin(np.float32(math.pi) * (syl - syl_start))  # stays float32: float64 sin is 8x slower
     env = strength[idx] * bump * np.sqrt(bump)
     tilt = float(np.clip(voice.tilt - 0.5 * p.harsh, 0.2, 0.95))
@@ -1022,7 +1042,7 @@ def render_speech(n: int, voice: Voice, code: str | None, rng: np.random.Generat
     return x.astype(np.float32, copy=False)
 
 
-def utterance_wav(t: _Turn, voice: Voice, seed: int) -> bytes:
+def _utterance_wav(t: _Turn, voice: Voice, seed: int) -> bytes:
     n = (t.end - t.start) * SAMPLE_RATE_HZ // TICKS_PER_S
     rng = np.random.default_rng([seed, 1, t.serial])  # per turn: identical whatever the write order
     return wav_header(n) + _pcm16(render_speech(n, voice, t.code if t.audio_cue else None, rng))
@@ -1196,7 +1216,7 @@ def _emit(sink: _Sink, plan: CorpusPlan) -> None:
                 if d.name in NO_MOCAP_DIALOGS:
                     continue
                 for t in sorted(d.labelled, key=lambda t: t.utt_id)[:SENTENCE_MOCAP_PER_DIALOG]:
-                    sink.add_file(f"{base}/sentences/{kind}/{d.name}/{t.utt_id}.txt", _mocap_text(kind).encode())
+                    sink.add_file(f"{base}/sentences/{kind}/{d.name}/{t.utt_id}.txt", _mocap_text(3).encode())
 
 
 def _sentence_wavs(base: str, dialogs: list[_Dialog], junk: bytes | None, voices: dict[str, Voice],
@@ -1207,7 +1227,7 @@ def _sentence_wavs(base: str, dialogs: list[_Dialog], junk: bytes | None, voices
         if junk and labelled:
             yield f"{folder}/._{labelled[0].utt_id}.wav", partial(bytes, junk)
         for t in labelled:
-            yield f"{folder}/{t.utt_id}.wav", partial(utterance_wav, t, voices[t.speaker], seed)
+            yield f"{folder}/{t.utt_id}.wav", partial(_utterance_wav, t, voices[t.speaker], seed)
 
 
 def _rendered_ahead(members: Iterator[tuple[str, Callable[[], bytes]]]) -> Iterator[tuple[str, bytes]]:
@@ -1215,6 +1235,7 @@ def _rendered_ahead(members: Iterator[tuple[str, Callable[[], bytes]]]) -> Itera
 
     numpy, scipy's lfilter and zlib release the GIL, so threads overlap the two halves of the work."""
     workers = max(1, min(RENDER_THREADS, os.cpu_count() or 1))
+    _noise_table()  # built once here rather than twice by racing threads
     with ThreadPoolExecutor(max_workers=workers) as pool:
         window: deque[tuple[str, Future]] = deque()
         for name, make in members:
@@ -1233,16 +1254,16 @@ def _emit_dialog_folder(sink: _Sink, base: str, dialogs: list[_Dialog], cfg: Syn
     for d in dialogs:
         if junk:
             sink.add_file(f"{emo}/._{d.name}.txt", junk)
-        sink.add_file(f"{emo}/{d.name}.txt", emo_evaluation_text(d).encode("ascii"))
-    for sub, files in (("Categorical", categorical_files), ("Attribute", lambda d: attribute_files(d, d.a_raters, "atr")),
-                       ("Self-evaluation", self_evaluation_files)):
+        sink.add_file(f"{emo}/{d.name}.txt", _emo_evaluation_text(d).encode("ascii"))
+    for sub, files in (("Categorical", _categorical_files), ("Attribute", _attribute_files),
+                       ("Self-evaluation", _self_evaluation_files)):
         for d in dialogs:
             for name, text in files(d).items():
                 sink.add_file(f"{emo}/{sub}/{name}", text.encode("ascii"))
     for d in dialogs:
         if junk:
             sink.add_file(f"{base}/dialog/transcriptions/._{d.name}.txt", junk)
-        text = transcript_text(d, cfg.crlf_transcripts, cfg.transcript_final_newline)
+        text = _transcript_text(d, cfg.crlf_transcripts, cfg.transcript_final_newline)
         sink.add_file(f"{base}/dialog/transcriptions/{d.name}.txt", text.encode("ascii"))
     for d in dialogs:
         if junk:
@@ -1257,7 +1278,7 @@ def _emit_dialog_folder(sink: _Sink, base: str, dialogs: list[_Dialog], cfg: Syn
     for kind in MOCAP_KINDS:
         for d in dialogs:
             if d.name not in NO_MOCAP_DIALOGS:
-                sink.add_file(f"{base}/dialog/{kind}/{d.name}.txt", _mocap_text(kind, 5).encode())
+                sink.add_file(f"{base}/dialog/{kind}/{d.name}.txt", _mocap_text(5).encode())
 
 
 def synthesize(out_dir: Path, config: SynthConfig) -> SynthTruth:
