@@ -25,6 +25,7 @@ version or the new one. Nothing is ever unpickled: weights are safetensors, ever
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -79,7 +80,8 @@ class RunConfig:
         from emocli.model import ModelConfig
 
         if not isinstance(data, dict) or not data.get(_MARKER):
-            raise CheckpointError(f"{where} is not an emocli run config; point --run at a folder made by `emocli train`")
+            raise CheckpointError(f"{where} is not an emocli run config; point --run at a folder made by "
+                                  f"`emocli train`")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise CheckpointError(f"{where} has run format {version}, this emocli reads {FORMAT_VERSION}; retrain "
@@ -243,7 +245,11 @@ class Fold:
         _atomic_write_bytes(self.path / "predictions.jsonl",
                             "".join(json.dumps(p) + "\n" for p in predictions).encode())
         _atomic_write_json(self.path / "result.json", result)
-        shutil.rmtree(self.path / "checkpoint", ignore_errors=True)  # the final weights supersede it
+        self.discard_checkpoint()  # the final weights supersede it
+
+    def discard_checkpoint(self) -> None:
+        """Drop a finished fold's checkpoint (a kill between result.json and its removal can leave one)."""
+        shutil.rmtree(self.path / "checkpoint", ignore_errors=True)
 
     def result(self) -> dict | None:
         path = self.path / "result.json"
@@ -308,6 +314,29 @@ def check_run(run_dir: Path, config: RunConfig) -> Run | None:
         raise CheckpointError(f"run dir {run_dir} was made with different settings ({'; '.join(diff)}); use a new "
                               f"--run or delete it")
     return Run(run_dir, old)
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: Path):
+    """Hold the run dir for one trainer: a second `emocli train` on it is refused, not interleaved.
+
+    The lock is an flock on `.lock`, so the OS drops it when its holder dies, kill -9 included. Temporary files
+    such a death left behind are removed once the lock is ours.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(f"run dir {run_dir} is in use by another `emocli train`; wait for it to finish "
+                                  f"or use a new --run") from None
+        try:
+            for stale in run_dir.rglob(".*.tmp-*"):
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def create_or_open_run(run_dir: Path, config: RunConfig, text_model_dir: Path | None = None) -> Run:

@@ -177,16 +177,19 @@ class CacheWriter:
         self._masks: list[np.ndarray] = []
         self._spec = self._h5.create_dataset("spec", shape=(0, n_mels), maxshape=(None, n_mels), dtype=np.float16,
                                              chunks=(_SPEC_CHUNK_FRAMES, n_mels))
+        self._pending: list[np.ndarray] = []  # spectrograms not yet on disk, flushed in large blocks
+        self._pending_frames = 0
         self._max_tokens = max_tokens
 
     def append(self, utt: Utterance, label: int, spec: np.ndarray, input_ids: np.ndarray,
                attention_mask: np.ndarray, duration: float) -> None:
-        """Add one utterance; `spec` is (n_mels, T) and is written to disk at once (memory stays flat)."""
+        """Add one utterance; `spec` is (n_mels, T). At most a few MB wait in memory (memory stays flat)."""
         frames = spec.shape[1]
-        self._spec.resize(self._n_frames + frames, axis=0)
-        self._spec[self._n_frames:] = spec.T.astype(np.float16)
-        self._n_frames += frames
-        self._offsets.append(self._n_frames)
+        self._pending.append(spec.T.astype(np.float16))
+        self._pending_frames += frames
+        self._offsets.append(self._offsets[-1] + frames)
+        if self._pending_frames >= _SPEC_CHUNK_FRAMES * 4:
+            self._flush()
         self._ids.append(input_ids.astype(np.int32))
         self._masks.append(attention_mask.astype(np.int8))
         self._labels.append(label)
@@ -195,12 +198,23 @@ class CacheWriter:
                             ("texts", utt.text), ("raw_labels", utt.raw_label), ("audio_paths", str(utt.audio_path))):
             self._columns[name].append(value)
 
+    def _flush(self) -> None:
+        """One resize and one write per block: per-utterance resizes cost more than the features."""
+        if not self._pending:
+            return
+        block = np.concatenate(self._pending)
+        self._spec.resize(self._n_frames + len(block), axis=0)
+        self._spec[self._n_frames:] = block
+        self._n_frames += len(block)
+        self._pending, self._pending_frames = [], 0
+
     def __len__(self) -> int:
         return len(self._labels)
 
     def commit(self, inputs: dict, summary: dict) -> str:
         import h5py
 
+        self._flush()
         h5 = self._h5
         n = len(self._labels)
         h5.create_dataset("spec_offsets", data=np.asarray(self._offsets, dtype=np.int64))

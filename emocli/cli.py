@@ -49,7 +49,7 @@ def handles_errors(command: Callable) -> Callable:
 @app.command()
 @handles_errors
 def synth(
-    out_dir: Path = typer.Argument(..., help="Folder to write IEMOCAP_full_release.<format> into."),
+    out_dir: Path = typer.Argument(..., metavar="OUT", help="Folder to write IEMOCAP_full_release.<format> into."),
     per_class: int = typer.Option(100, "--per-class", min=1, help="Utterances per class (ang, hap+exc, sad, neu)."),
     seed: int = typer.Option(0, "--seed"),
     fmt: str = typer.Option("tar.gz", "--format", help="tar.gz | tgz | tar | zip | dir"),
@@ -75,7 +75,7 @@ def synth(
 @app.command()
 @handles_errors
 def prepare(
-    source: Path = typer.Argument(..., help="IEMOCAP_full_release .tar.gz/.tgz/.tar/.zip, its folder, or a manifest CSV/TSV."),
+    source: Path = typer.Argument(..., metavar="SOURCE", help="IEMOCAP_full_release .tar.gz/.tgz/.tar/.zip, its folder, or a manifest CSV/TSV."),
     cache_path: Path = typer.Option(Path("data/cache.h5"), "--cache", help="HDF5 cache to create or reuse."),
     text_model: str = typer.Option("all-MiniLM-L6-v2", "--text-model",
                                    help="all-MiniLM-L6-v2 (offline package) or a local BERT folder."),
@@ -153,6 +153,60 @@ def _print_prepare_summary(result) -> None:
         for reason, n in s["skipped"].items():
             skipped.add_row(reason, str(n))
         out.print(skipped)
+
+
+@app.command()
+@handles_errors
+def predict(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="A run directory made by `emocli train`."),
+    source: Path = typer.Argument(..., metavar="INPUT", help="A wav file, or a folder searched recursively for audio files."),
+    text: Optional[str] = typer.Option(None, "--text", help="Transcript of the single input file."),
+    transcripts: Optional[Path] = typer.Option(None, "--transcripts",
+                                               help="CSV/TSV with columns id,text (id = file stem or relative path)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write every prediction to a .csv or .jsonl file."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    fold: Optional[str] = typer.Option(None, "--fold", help="Which fold's model (default: the run's first)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    show: int = typer.Option(50, "--show", min=0, help="Rows of the table printed (all go to --output)."),
+) -> None:
+    """Predict emotions for one recording (with --text) or a folder of recordings."""
+    from emocli.predict import Failure, Predictor, check_output_path, collect_inputs, feature_pool, write_predictions
+
+    if output is not None:
+        check_output_path(output)
+    items = collect_inputs(source, text, transcripts)
+    predictor = Predictor.from_run(run_dir, fold, device)
+    predictions, failures = [], 0
+    with feature_pool(len(items)) as feature_map:
+        for result in predictor.predict(items, batch_size, feature_map):
+            if isinstance(result, Failure):
+                failures += 1
+                err.print(f"skipped {result.id}: {result.reason}", highlight=False, soft_wrap=True)
+            else:
+                predictions.append(result)
+    if output is not None and predictions:
+        write_predictions(predictions, predictor.classes, output)
+    _print_predictions(predictions, predictor.classes, show)
+    if output is not None and predictions:
+        out.print(f"wrote {len(predictions)} predictions to {output}", highlight=False)
+    if failures:
+        err.print(f"{failures} of {len(items)} file(s) could not be predicted", highlight=False)
+        raise typer.Exit(1)
+
+
+def _print_predictions(predictions, classes, show: int) -> None:
+    table = Table(title=f"{len(predictions)} prediction(s)")
+    table.add_column("file")
+    table.add_column("emotion")
+    for c in classes:
+        table.add_column(f"p({c})", justify="right")
+    table.add_column("text")
+    for p in predictions[:show]:
+        shown = "(audio only)" if p.audio_only else (p.text if len(p.text) <= 40 else p.text[:39] + "…")
+        table.add_row(p.id, p.label, *[f"{p.probs[c]:.2f}" for c in classes], shown)
+    if len(predictions) > show:
+        table.caption = f"first {show} shown"
+    out.print(table)
 
 
 def main() -> None:

@@ -103,18 +103,46 @@ def _load_with_librosa(path: Path, max_seconds: float | None, first_error: Excep
 
 @lru_cache(maxsize=8)
 def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    import librosa
+    """(n_mels, n_fft/2+1) Slaney-normalised triangular filters, equal to `librosa.filters.mel`'s defaults.
 
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
+    Written out because librosa's first call costs ~1.2 s of lazy imports in every worker process.
+    """
+    fft_hz = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
+    edges_hz = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(edges_hz)
+    ramps = edges_hz[:, None] - fft_hz[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]  # Slaney: equal area per filter
+    return weights.astype(np.float32)
+
+
+# Slaney's mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above.
+_MEL_LINEAR_HZ = 200.0 / 3.0
+_MEL_BREAK_HZ = 1000.0
+_MEL_LOG_STEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz):
+    hz = np.asanyarray(hz, dtype=np.float64)
+    linear = hz / _MEL_LINEAR_HZ
+    log = _MEL_BREAK_HZ / _MEL_LINEAR_HZ + np.log(np.maximum(hz, 1e-10) / _MEL_BREAK_HZ) / _MEL_LOG_STEP
+    return np.where(hz >= _MEL_BREAK_HZ, log, linear)
+
+
+def _mel_to_hz(mel):
+    mel = np.asanyarray(mel, dtype=np.float64)
+    break_mel = _MEL_BREAK_HZ / _MEL_LINEAR_HZ
+    return np.where(mel >= break_mel, _MEL_BREAK_HZ * np.exp(_MEL_LOG_STEP * (mel - break_mel)), mel * _MEL_LINEAR_HZ)
 
 
 @lru_cache(maxsize=8)
 def _window(n_fft: int, win_length: int) -> np.ndarray:
-    import scipy.signal
-
-    window = scipy.signal.get_window("hann", win_length, fftbins=True).astype(np.float32)
+    """A periodic Hann window of `win_length`, centred in `n_fft` (librosa's STFT convention)."""
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(win_length) / win_length)
     pad = (n_fft - win_length) // 2
-    return np.pad(window, (pad, n_fft - win_length - pad))
+    return np.pad(window, (pad, n_fft - win_length - pad)).astype(np.float32)
 
 
 def log_mel(audio: np.ndarray, config: FeatureConfig) -> np.ndarray:

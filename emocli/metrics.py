@@ -103,3 +103,18 @@ def aggregate(fold_scores: Sequence[dict], keys: Sequence[str] = ("wa", "ua", "m
         mean, std = mean_std(values)
         out[key] = {"mean": mean, "std": std, "values": values}
     return out
+
+
+def scores_from_predictions(rows: Sequence[dict], classes: Sequence[str]) -> dict:
+    """`scores` recomputed from a fold's saved predictions (rows with "true" and "pred" class names), as
+    `emocli eval` does without retraining."""
+    index = {name: i for i, name in enumerate(classes)}
+    try:
+        y_true = [index[r["true"]] for r in rows]
+        y_pred = [index[r["pred"]] for r in rows]
+    except KeyError as exc:
+        from emocli.errors import CheckpointError
+
+        raise CheckpointError(f"a prediction names class {exc.args[0]!r}, which is not one of {', '.join(classes)}; "
+                              f"the predictions do not belong to this run") from None
+    return scores(y_true, y_pred, classes)

@@ -134,15 +134,17 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
     if not utterances:
         raise CorpusError(f"no usable utterances in {report.source}; {_skipped_line(report)}")
     label_set = get_label_set(config.label_set)
-    ids, masks = tokenize(load_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(str(u.audio_path), config.features) for u in utterances]
     failed: set[str] = set()
-    # The pool is forked before the HDF5 file is opened: no HDF5 handle may cross a fork.
+    # The pool is forked before the HDF5 file is opened (no HDF5 handle may cross a fork), and the lazy map
+    # starts the workers before the tokenizer loads, so transformers' import overlaps feature extraction.
     with _feature_map(config.workers, len(jobs)) as feature_map:
+        results = feature_map(_extract_one, jobs)
+        ids, masks = tokenize(load_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
         writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)
         try:
-            for i, (spec, duration, error) in enumerate(feature_map(_extract_one, jobs)):
+            for i, (spec, duration, error) in enumerate(results):
                 utt = utterances[i]
                 if error is not None:
                     failed.add(utt.utt_id)

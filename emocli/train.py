@@ -17,6 +17,7 @@ of each; only rank 0 evaluates and writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -34,8 +35,9 @@ from emocli.errors import ConfigError
 ProgressCallback = Callable[[str, int, int, float, float, float], None]
 
 PROTOCOLS = ("random", "loso")
-RANDOM_PROTOCOL_WARNING = ("protocol 'random' (the paper's) shares speakers between train and test, so its scores "
-                           "overestimate accuracy on unseen speakers; use --protocol loso for speaker-independent scores")
+RANDOM_PROTOCOL_WARNING = ("protocol 'random' (the paper's) shares speakers between train and test, so its "
+                           "scores overestimate accuracy on unseen speakers; use --protocol loso for "
+                           "speaker-independent scores")
 _EVAL_BATCH_FACTOR = 2  # evaluation keeps no activations for backward: twice the batch fits
 _TEXT_EMBED_BATCH = 64  # utterances per encoder call when precomputing frozen text embeddings
 _STD_FLOOR_DB = 1e-3  # a constant mel band (e.g. above a low-passed signal's cutoff) must not divide by zero
@@ -83,7 +85,8 @@ class TrainConfig:
             (self.gamma > 0, f"gamma must be positive, not {self.gamma}"),
             (self.seed >= 0, f"seed must be non-negative, not {self.seed}"),
             (self.device in ("auto", "cpu", "cuda"), f"device {self.device!r} is not one of auto, cpu, cuda"),
-            (self.precision in ("auto", "fp32", "bf16"), f"precision {self.precision!r} is not one of auto, fp32, bf16"),
+            (self.precision in ("auto", "fp32", "bf16"),
+             f"precision {self.precision!r} is not one of auto, fp32, bf16"),
             (self.val_fraction > 0 or not self.select_best,
              "select_best needs a validation part: set val_fraction > 0, or select_best off to test the last epoch"),
         ]
@@ -216,6 +219,7 @@ def _setup(config: TrainConfig) -> _Dist:
         raise ConfigError("device cuda requested but no CUDA device is visible; use --device cpu or auto")
     cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if cuda:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; read at its first use
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
@@ -294,7 +298,7 @@ class _Corpus:
             steps = torch.arange(t_max, device=self.home)  # (T,)
             valid = steps[None, :] < lengths[:, None]  # (B, T)
             frames = torch.where(valid, self.offsets[idx][:, None] + steps[None, :], 0)  # (B, T)
-            spec = torch.where(valid[:, :, None], self.spec[frames].float(), 0.0)  # (B, T, n_mels); the model masks by length
+            spec = torch.where(valid[:, :, None], self.spec[frames].float(), 0.0)  # (B, T, n_mels), 0 past the end
             kwargs["spec"] = spec.transpose(1, 2).contiguous().to(self.device, non_blocking=True)  # (B, n_mels, T)
             kwargs["spec_lengths"] = lengths.to(self.device)
         if self.modality != "audio":
@@ -378,16 +382,15 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
                                   cache_fingerprint=data.meta.fingerprint, folds=tuple(s.name for s in splits))
     dist_ = _setup(train_config)
     deterministic = torch.are_deterministic_algorithms_enabled()
+    held = contextlib.ExitStack()
     try:
-        run = _open_run(run_dir, run_config, text_ref, dist_)
+        run = _open_run(run_dir, run_config, text_ref, dist_, held)
         if dist_.main:
             for s in splits:
                 fold = run.fold(s.name)
                 if not (fold.path / "split.json").is_file():
                     fold.save_split({part: [data.utt_ids[i] for i in getattr(s, part)]
                                      for part in ("train", "val", "test")})
-        if dist_.device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         corpus = _Corpus(data, model_config.modality, dist_.device)
         results, resumed = [], []
@@ -401,6 +404,7 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
             run.save_summary(summary.to_json())
         return summary
     finally:
+        held.close()
         torch.use_deterministic_algorithms(deterministic)
         if dist_.owns_group:
             import torch.distributed as dist
@@ -436,17 +440,20 @@ def _check_compatible(meta, model_config, cache_path: Path):
     ref = resolve_text_model(model_config.text_model)
     cached = meta.inputs.get("tokenizer", {}).get("identity")
     if cached != tokenizer_identity(ref):
-        raise ConfigError(f"the cache {cache_path} was tokenised with {meta.inputs.get('tokenizer', {}).get('name')!r}, "
+        name = meta.inputs.get("tokenizer", {}).get("name")
+        raise ConfigError(f"the cache {cache_path} was tokenised with {name!r}, "
                           f"which differs from the text model {model_config.text_model!r}; re-run `emocli prepare "
                           f"--text-model {model_config.text_model}` or train with the cache's text model")
     return ref
 
 
-def _open_run(run_dir: Path, run_config, text_ref, dist_: _Dist):
-    """Rank 0 checks and creates the run; the others wait, then open it read-only."""
+def _open_run(run_dir: Path, run_config, text_ref, dist_: _Dist, held: contextlib.ExitStack):
+    """Rank 0 checks, locks (for as long as `held`) and creates the run; the others wait, then open it read-only."""
     error = None
     if dist_.main:
         try:
+            bundle.check_run(run_dir, run_config)  # a refusal touches nothing, not even a lock file
+            held.enter_context(bundle.lock_run(run_dir))
             bundle.create_or_open_run(run_dir, run_config, text_ref.path if text_ref is not None else None)
         except Exception as exc:  # every rank must leave together, or the others wait for ever
             error = exc
@@ -475,10 +482,12 @@ def _train_fold(run, split: Split, data, corpus: _Corpus, model_config, train_co
     fold = run.fold(split.name)
     done = fold.result()
     if done is not None:
+        if dist_.main:
+            fold.discard_checkpoint()
         resumed.append(f"fold {split.name} already finished")
         return FoldResult.from_json(done)
 
-    # model, its input statistics, and the frozen text embeddings
+    # the model, its input statistics, and the frozen text embeddings
     model = _build_model(model_config, split, train_config, dist_)
     if model_config.uses_audio:
         mean, std = _spec_stats(data, split.train)
@@ -486,28 +495,19 @@ def _train_fold(run, split: Split, data, corpus: _Corpus, model_config, train_co
     if train_config.class_weighted:  # a buffer of the model: saved with its weights, used by its loss
         model.set_class_weights(torch.from_numpy(_class_weights(data.labels[split.train], len(data.meta.classes))))
     freeze = bool(model_config.freeze_text) and model_config.uses_text
-    if dist_.main and freeze and not run.has_text_encoder_weights():
-        run.save_text_encoder({k: v for k, v in model.state_dict().items() if k in bundle.text_encoder_keys(model)})
-    corpus.text_embeds = _text_embeddings(model, corpus, dist_) if freeze else None
+    if freeze:
+        if dist_.main and not run.has_text_encoder_weights():
+            run.save_text_encoder({k: v for k, v in model.state_dict().items() if k in bundle.text_encoder_keys(model)})
+        if corpus.text_embeds is None:  # the same pretrained encoder in every fold: once per run
+            corpus.text_embeds = _text_embeddings(model, corpus, dist_)
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=train_config.lr)
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=train_config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=train_config.step_size, gamma=train_config.gamma)
-
-    # resume
-    start, history, best = 1, [], {"epoch": 0, "val_ua": -1.0}
-    best_state = None
+    state = _FoldState()
     checkpoint = fold.load_checkpoint()
     if checkpoint is not None:
-        tensors, state = checkpoint
-        model_tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        bundle.load_model_state(model, model_tensors, freeze, fold.path / "checkpoint")
-        optimizer.load_state_dict(bundle.unflatten_optimizer(tensors, state["optimizer"]))
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(tensors, state["rng"], dist_)
-        best_state = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} or None
-        start, history, best = state["epoch"] + 1, state["history"], state["best"]
-        resumed.append(f"fold {split.name} from epoch {start}")
+        state = _restore(checkpoint, model, optimizer, scheduler, freeze, fold, dist_)
+        resumed.append(f"fold {split.name} from epoch {state.epoch + 1}")
 
     net = model
     if dist_.world > 1:
@@ -516,47 +516,32 @@ def _train_fold(run, split: Split, data, corpus: _Corpus, model_config, train_co
         # A trainable HF encoder has parameters the forward never uses (BERT's pooler): DDP must look for them.
         net = DistributedDataParallel(model, device_ids=[dist_.device.index] if dist_.device.type == "cuda" else None,
                                       find_unused_parameters=model_config.uses_text and not freeze)
-    writer = _tensorboard(fold, start) if dist_.main else None
+    writer = None
+    if dist_.main:
+        # A kill may land between the checkpoint and the logs: rewrite both logs from the checkpoint's history.
+        writer = _tensorboard(fold, resuming=checkpoint is not None)
+        fold.write_metrics(state.history)
+        for record in state.history:
+            _log_scalars(writer, record)
     autocast = torch.autocast(device_type=dist_.device.type, dtype=torch.bfloat16, enabled=dist_.bf16)
 
-    for epoch in range(start, train_config.epochs + 1):
-        _seed_everything(train_config.seed, split.index, epoch, dist_.rank)
-        model.train()
-        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with, before the scheduler steps
-        started = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0.0, 0.0
-        for positions in _batch_order(len(split.train), train_config.batch_size, train_config.seed, split.index, epoch):
-            if len(positions) < dist_.world:
-                continue  # a last batch smaller than the world cannot give every rank an item; all ranks skip it
-            mine = np.array_split(split.train[positions], dist_.world)[dist_.rank]
-            kwargs, labels = corpus.batch(mine)
-            with autocast:
-                out = net(**kwargs, labels=labels)  # logits (B, C); loss: cross-entropy with the model's class weights
-            logits, loss = out.logits, out.loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(mine)
-            correct += float((logits.detach().argmax(dim=1) == labels).sum())
-            seen += len(mine)
+    for epoch in range(state.epoch + 1, train_config.epochs + 1):
+        record = _train_epoch(net, optimizer, corpus, split, train_config, epoch, dist_, autocast)
         scheduler.step()
-        loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], dist_)
-        seconds = time.perf_counter() - started
-        record = {"epoch": epoch, "lr": lr,
-                  "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                  "utt_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
         if dist_.main:
             if len(split.val):
                 probs, val_loss = _predict(model, corpus, split.val, train_config.batch_size, autocast)
-                y_val = data.labels[split.val]
-                record.update(val_loss=val_loss, val_acc=metrics.accuracy(y_val, probs.argmax(1)),
-                              val_ua=metrics.unweighted_accuracy(y_val, probs.argmax(1)))
-                if train_config.select_best and record["val_ua"] > best["val_ua"]:
-                    best = {"epoch": epoch, "val_ua": record["val_ua"]}
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in bundle.model_state(model, freeze).items()}
-            history.append(record)
-            _save_checkpoint(fold, model, optimizer, scheduler, freeze, epoch, history, best, best_state, dist_)
-            fold.write_metrics(history)
+                y_val, p_val = data.labels[split.val], probs.argmax(axis=1)
+                record.update(val_loss=val_loss, val_acc=metrics.accuracy(y_val, p_val),
+                              val_ua=metrics.unweighted_accuracy(y_val, p_val))
+                if train_config.select_best and record["val_ua"] > state.best["val_ua"]:
+                    state.best = {"epoch": epoch, "val_ua": record["val_ua"]}
+                    state.best_weights = {k: v.detach().to("cpu", copy=True)
+                                          for k, v in bundle.model_state(model, freeze).items()}
+            state.epoch = epoch
+            state.history.append(record)
+            _save_checkpoint(fold, model, optimizer, scheduler, freeze, state, dist_)
+            fold.write_metrics(state.history)  # after the checkpoint: the log never runs ahead of a resume
             _log_scalars(writer, record)
             if progress is not None:
                 progress(split.name, epoch, train_config.epochs, record["train_loss"], record["train_acc"],
@@ -566,23 +551,64 @@ def _train_fold(run, split: Split, data, corpus: _Corpus, model_config, train_co
 
     result = None
     if dist_.main:
-        tested_epoch = history[-1]["epoch"] if history else train_config.epochs
-        if train_config.select_best and best_state is not None:
-            bundle.load_model_state(model, best_state, freeze, fold.path / "checkpoint")
-            tested_epoch = best["epoch"]
-        probs, _ = _predict(model, corpus, split.test, train_config.batch_size, autocast)
-        y_true, y_pred = data.labels[split.test], probs.argmax(axis=1)
-        classes = data.meta.classes
-        scores = metrics.scores(y_true, y_pred, classes)
-        result = FoldResult(split.name, scores["wa"], scores["ua"], scores["macro_f1"], tested_epoch,
-                            len(split.train), len(split.val), len(split.test))
-        predictions = [{"utt_id": data.utt_ids[i], "true": classes[int(t)], "pred": classes[int(p)],
-                        "probs": [float(x) for x in row]}
-                       for i, t, p, row in zip(split.test, y_true, y_pred, probs)]
-        fold.save_final(bundle.model_state(model, freeze), predictions, {**asdict(result), "scores": scores})
+        result = _finish_fold(fold, split, data, corpus, model, freeze, state, train_config, autocast)
     _barrier(dist_)
-    if result is None:  # other ranks read what rank 0 wrote
-        result = FoldResult.from_json(fold.result())
+    return result if result is not None else FoldResult.from_json(fold.result())  # other ranks read rank 0's
+
+
+@dataclass
+class _FoldState:
+    """What a checkpoint carries besides weights and optimizer: where the fold stands."""
+
+    epoch: int = 0  # the last finished epoch
+    history: list = field(default_factory=list)  # one record per finished epoch
+    best: dict = field(default_factory=lambda: {"epoch": 0, "val_ua": -1.0})
+    best_weights: dict | None = None  # the model state of the best epoch (select_best)
+
+
+def _train_epoch(net, optimizer, corpus: _Corpus, split: Split, train_config: TrainConfig, epoch: int,
+                 dist_: _Dist, autocast) -> dict:
+    """One pass over the training part; every rank takes its slice of each global batch."""
+    _seed_everything(train_config.seed, split.index, epoch, dist_.rank)  # dropout: a function of the epoch
+    net.train()
+    lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with, before the scheduler steps
+    started = time.perf_counter()
+    loss_sum, correct, seen = 0.0, 0.0, 0.0
+    for positions in _batch_order(len(split.train), train_config.batch_size, train_config.seed, split.index, epoch):
+        if len(positions) < dist_.world:
+            continue  # a last batch smaller than the world cannot give every rank an item: all ranks skip it
+        mine = np.array_split(split.train[positions], dist_.world)[dist_.rank]
+        kwargs, labels = corpus.batch(mine)
+        with autocast:
+            out = net(**kwargs, labels=labels)  # logits (B, C); loss: cross-entropy with the model's class weights
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        loss_sum += float(out.loss.detach()) * len(mine)
+        correct += float((out.logits.detach().argmax(dim=1) == labels).sum())
+        seen += len(mine)
+    loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], dist_)
+    seconds = time.perf_counter() - started
+    return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+            "utt_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
+
+
+def _finish_fold(fold, split: Split, data, corpus: _Corpus, model, freeze: bool, state: _FoldState,
+                 train_config: TrainConfig, autocast) -> FoldResult:
+    """Test the chosen epoch's weights on the held-out part; save weights, predictions and scores."""
+    tested_epoch = state.epoch
+    if train_config.select_best and state.best_weights is not None:
+        bundle.load_model_state(model, state.best_weights, freeze, fold.path / "checkpoint")
+        tested_epoch = state.best["epoch"]
+    probs, _ = _predict(model, corpus, split.test, train_config.batch_size, autocast)  # (n_test, C)
+    classes = data.meta.classes
+    y_true, y_pred = data.labels[split.test], probs.argmax(axis=1)
+    scores = metrics.scores(y_true, y_pred, classes)
+    result = FoldResult(split.name, scores["wa"], scores["ua"], scores["macro_f1"], tested_epoch,
+                        len(split.train), len(split.val), len(split.test))
+    predictions = [{"utt_id": data.utt_ids[i], "true": classes[int(t)], "pred": classes[int(p)],
+                    "probs": [float(x) for x in row]} for i, t, p, row in zip(split.test, y_true, y_pred, probs)]
+    fold.save_final(bundle.model_state(model, freeze), predictions, {**asdict(result), "scores": scores})
     return result
 
 
@@ -628,22 +654,34 @@ def _predict(model, corpus: _Corpus, indices: np.ndarray, batch_size: int, autoc
     return torch.cat(probs).numpy().astype(np.float32), loss_sum / len(indices)
 
 
-def _save_checkpoint(fold, model, optimizer, scheduler, freeze: bool, epoch: int, history: list, best: dict,
-                     best_state: dict | None, dist_: _Dist) -> None:
+def _save_checkpoint(fold, model, optimizer, scheduler, freeze: bool, state: _FoldState, dist_: _Dist) -> None:
     optim_tensors, optim_index = bundle.flatten_optimizer(optimizer.state_dict())
     rng_tensors, rng_state = _rng_state(dist_)
     tensors = {**{f"model.{k}": v for k, v in bundle.model_state(model, freeze).items()}, **optim_tensors,
-               **rng_tensors, **{f"best.{k}": v for k, v in (best_state or {}).items()}}
-    state = {"fold": fold.name, "epoch": epoch, "optimizer": optim_index, "scheduler": scheduler.state_dict(),
-             "rng": rng_state, "best": best, "history": history}
-    fold.save_checkpoint(tensors, state)
+               **rng_tensors, **{f"best.{k}": v for k, v in (state.best_weights or {}).items()}}
+    fold.save_checkpoint(tensors, {"fold": fold.name, "epoch": state.epoch, "optimizer": optim_index,
+                                   "scheduler": scheduler.state_dict(), "rng": rng_state, "best": state.best,
+                                   "history": state.history})
 
 
-def _tensorboard(fold, start_epoch: int):
+def _restore(checkpoint: tuple[dict, dict], model, optimizer, scheduler, freeze: bool, fold, dist_: _Dist
+             ) -> _FoldState:
+    tensors, saved = checkpoint
+    strip = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+    bundle.load_model_state(model, strip("model."), freeze, fold.path / "checkpoint")
+    optimizer.load_state_dict(bundle.unflatten_optimizer(tensors, saved["optimizer"]))
+    scheduler.load_state_dict(saved["scheduler"])
+    _set_rng_state(tensors, saved["rng"], dist_)
+    return _FoldState(epoch=saved["epoch"], history=saved["history"], best=saved["best"],
+                      best_weights=strip("best.") or None)
+
+
+def _tensorboard(fold, resuming: bool):
     from torch.utils.tensorboard import SummaryWriter
 
-    # purge_step drops events a killed run logged past its last checkpoint, so curves never double back
-    return SummaryWriter(log_dir=str(fold.tensorboard_dir), purge_step=start_epoch if start_epoch > 1 else None)
+    # On resume, purge_step=1 hides every event logged before, and the checkpoint's history is logged again:
+    # the curves show exactly the epochs the checkpoint holds, never a doubled-back or missing one.
+    return SummaryWriter(log_dir=str(fold.tensorboard_dir), purge_step=1 if resuming else None)
 
 
 def _log_scalars(writer, record: dict) -> None:

@@ -68,3 +68,13 @@ def test_scores_bundle_everything():
     assert set(s) == {"wa", "ua", "macro_f1", "per_class", "confusion_percent", "n"}
     assert s["n"] == 10 and len(s["confusion_percent"]) == 4
     assert s["wa"] == pytest.approx(0.7)
+
+
+def test_scores_from_saved_predictions():
+    rows = [{"utt_id": f"u{i}", "true": CLASSES[t], "pred": CLASSES[p], "probs": [0.25] * 4}
+            for i, (t, p) in enumerate(zip(Y_TRUE, Y_PRED))]
+    assert metrics.scores_from_predictions(rows, CLASSES) == metrics.scores(Y_TRUE, Y_PRED, CLASSES)
+    from emocli.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="class 'fru'"):
+        metrics.scores_from_predictions([{"true": "fru", "pred": "ang"}], CLASSES)

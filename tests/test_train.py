@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emocli import bundle, cache
+from emocli import bundle, cache, metrics
 from emocli.corpus.records import LABEL_SETS, Utterance
 from emocli.errors import CheckpointError, ConfigError
 from emocli.features import FeatureConfig, tokenize
@@ -81,6 +82,18 @@ def model_config(bert_dir: Path, **overrides) -> ModelConfig:
 REF_TRAIN = TrainConfig(repeats=2, epochs=4, batch_size=8, lr=3e-3, step_size=3, gamma=0.5)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: under `pytest -n 2` on two cores, two threads per worker spin against each other and
+    run 5-10x slower. Subprocesses get OMP_NUM_THREADS=1 for the same reason (and the same numbers)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_cache(tiny_bert_dir, tmp_path_factory) -> Path:
     return make_cache(tmp_path_factory.mktemp("cache") / "cache.h5", tiny_bert_dir)
@@ -119,11 +132,9 @@ def script_command(cache_path: Path, run_dir: Path, mc: ModelConfig, tc: TrainCo
             json.dumps(mc.to_json()), "--train", json.dumps(tc.to_json())]
 
 
-def subprocess_env(threads: int | None = None) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    return env
+def subprocess_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": "1"}
 
 
 # --------------------------------------------------------------------------------------------- splits
@@ -182,6 +193,12 @@ def test_bad_train_settings_refused(tiny_cache, tiny_bert_dir, tmp_path):
         TrainConfig.from_json({"epochz": 3})
     with pytest.raises(ConfigError, match="the cache .* has 64"):
         train(tiny_cache, tmp_path / "run", model_config(tiny_bert_dir, n_mels=80), REF_TRAIN)
+    other_vocab = tmp_path / "bert"
+    shutil.copytree(tiny_bert_dir, other_vocab)
+    with open(other_vocab / "vocab.txt", "a", encoding="utf-8") as handle:
+        handle.write("emoclitoken\n")
+    with pytest.raises(ConfigError, match="was tokenised with .* which differs from the text model"):
+        train(tiny_cache, tmp_path / "run", model_config(other_vocab), REF_TRAIN)
     assert not (tmp_path / "run").exists()
 
 
@@ -275,6 +292,9 @@ def test_run_made_with_other_settings_is_refused_untouched(tiny_cache, tiny_bert
     with pytest.raises(CheckpointError, match=r"cache_fingerprint"):
         train(other_cache, run_dir, mc, tc)
     assert snapshot(run_dir) == before
+    with bundle.lock_run(run_dir):  # another trainer holds it
+        with pytest.raises(CheckpointError, match="is in use by another `emocli train`"):
+            train(tiny_cache, run_dir, mc, tc)
     # The same settings on another device are the same run: nothing to do, nothing rewritten but the summary.
     again = train(tiny_cache, run_dir, mc, dataclasses.replace(tc, device="cpu"))
     assert again.resumed == [f"fold {f} already finished" for f in ("loso-Ses01", "loso-Ses02", "loso-Ses03")]
@@ -315,11 +335,15 @@ def test_run_dir_is_complete_self_contained_and_pickle_free(tiny_cache, tiny_ber
         for row in saved[:3]:
             i = index[row["utt_id"]]
             n = int(data.attention_mask[i].sum())
-            logits = model(spec=torch.from_numpy(data.spectrogram(i))[None], spec_lengths=torch.tensor([data.spec_lengths[i]]),
+            logits = model(spec=torch.from_numpy(data.spectrogram(i))[None],
+                           spec_lengths=torch.tensor([data.spec_lengths[i]]),
                            input_ids=torch.from_numpy(data.input_ids[i:i + 1, :n]).long(),
                            attention_mask=torch.from_numpy(data.attention_mask[i:i + 1, :n]).long()).logits
             np.testing.assert_allclose(torch.softmax(logits, 1)[0].numpy(), row["probs"], atol=1e-5)
             assert row["true"] == run_config.classes[data.labels[i]]
+    # eval's path: every score recomputed from the saved predictions, without the model
+    result = json.loads((reference_run / "folds/random-0/result.json").read_text())
+    assert metrics.scores_from_predictions(saved, run_config.classes) == result["scores"]
 
 
 def test_frozen_text_encoder_is_untouched(tiny_bert_dir, reference_run):
@@ -351,7 +375,7 @@ def test_torchrun_two_processes_on_cpu(tiny_cache, tiny_bert_dir, reference_run,
     tc = dataclasses.replace(REF_TRAIN, repeats=1, epochs=2)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                *script_command(tiny_cache, run_dir, model_config(tiny_bert_dir, freeze_text=False), tc)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=subprocess_env(threads=1),
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=subprocess_env(),
                           timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("epoch random-0") == 2  # only rank 0 reports
