@@ -157,6 +157,109 @@ def _print_prepare_summary(result) -> None:
 
 @app.command()
 @handles_errors
+def train(
+    cache_path: Path = typer.Argument(..., metavar="CACHE", help="An HDF5 cache made by `emocli prepare`."),
+    run_dir: Optional[Path] = typer.Option(None, "--run", "--run-dir",
+                                           help="Run directory (default runs/<modality>-<protocol>). Under torchrun "
+                                                "write --run-dir: torchrun reads --run as its own --run-path."),
+    modality: str = typer.Option("both", "--modality", help="both (fusion) | audio | text: single-view baselines."),
+    protocol: str = typer.Option("random", "--protocol", help="random: the paper's repeated 90/10 splits | loso: "
+                                                                "leave-one-session-out, speaker-independent"),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Random splits (random protocol)."),
+    epochs: int = typer.Option(50, "--epochs", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (the paper: 1e-4)."),
+    step_size: int = typer.Option(30, "--step-size", min=1, help="StepLR step in epochs (the paper: 30)."),
+    gamma: float = typer.Option(0.1, "--gamma", help="StepLR factor (the paper: 0.1)."),
+    fusion: str = typer.Option("concat", "--fusion", help="concat (the paper) | gated"),
+    freeze_text: bool = typer.Option(False, "--freeze-text", help="CPU-friendly: frozen encoder, embeddings computed once."),
+    text_model: Optional[str] = typer.Option(None, "--text-model", help="Default: the cache's own text model."),
+    audio_width: float = typer.Option(1.0, "--audio-width", help="ModifiedAlexNet width (1.0 = AlexNet)."),
+    audio_init: Optional[Path] = typer.Option(None, "--alexnet-weights",
+                                              help="Local torchvision AlexNet state dict (.safetensors/.pth) to start from."),
+    modality_dropout: float = typer.Option(0.2, "--modality-dropout",
+                                           help="Training only: chance of hiding the transcript, so audio alone works."),
+    dropout: float = typer.Option(0.3, "--dropout"),
+    class_weighted: bool = typer.Option(False, "--class-weighted", help="Inverse-frequency class weights in the loss."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Of the training part, for best-epoch selection."),
+    last_epoch: bool = typer.Option(False, "--last-epoch", help="Test the last epoch instead of the best on validation."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA) | fp32 | bf16"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Train the fusion model (or a single-view baseline) with the paper's recipe; rerun to resume."""
+    from emocli.cache import read_meta
+    from emocli.model import ModelConfig
+    from emocli.train import TrainConfig, protocol_warnings
+    from emocli.train import train as run_training
+
+    meta = read_meta(cache_path)
+    model_config = ModelConfig(
+        n_classes=len(meta.classes), n_mels=int(meta.inputs["feature_config"]["n_mels"]), modality=modality,
+        fusion=fusion, audio_width=audio_width, text_model=text_model or meta.inputs["tokenizer"]["name"],
+        freeze_text=freeze_text, dropout=dropout, modality_dropout=modality_dropout if modality == "both" else 0.0)
+    train_config = TrainConfig(protocol=protocol, repeats=repeats, epochs=epochs, batch_size=batch_size, lr=lr,
+                               step_size=step_size, gamma=gamma, class_weighted=class_weighted, seed=seed,
+                               device=device, precision=precision, val_fraction=val_fraction,
+                               select_best=not last_epoch, audio_init=str(audio_init or ""))
+    train_config.validate()
+    run_dir = run_dir or Path("runs") / f"{modality}-{protocol}"
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if main_rank:
+        for line in protocol_warnings(train_config):
+            err.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+    if as_json or not main_rank:
+        summary = run_training(cache_path, run_dir, model_config, train_config)
+    else:
+        with _TrainDisplay() as display:
+            summary = run_training(cache_path, run_dir, model_config, train_config, progress=display.update)
+    if not main_rank:
+        return
+    if as_json:
+        print(json.dumps(summary.to_json()))
+        return
+    _print_train_summary(summary)
+
+
+class _TrainDisplay:
+    """A live rich display: fold, epoch, loss, accuracy, utterances/s."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=err)
+        self._tasks: dict[str, int] = {}
+        self._bar.__enter__()
+        return self
+
+    def update(self, fold: str, epoch: int, epochs: int, loss: float, acc: float, speed: float) -> None:
+        if fold not in self._tasks:
+            self._tasks[fold] = self._bar.add_task(fold, total=epochs, stats="")
+        self._bar.update(self._tasks[fold], completed=epoch, total=epochs,
+                         stats=f"loss {loss:.3f}  acc {acc:.3f}  {speed:,.0f} utt/s")
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+
+def _print_train_summary(summary) -> None:
+    for line in summary.resumed:
+        err.print(f"resumed: {line}", highlight=False)
+    table = Table(title=f"{summary.protocol} protocol, run {summary.run_dir}")
+    for col in ("fold", "test n", "WA", "UA", "macro-F1", "epoch tested"):
+        table.add_column(col, justify="right" if col != "fold" else "left")
+    for f in summary.folds:
+        table.add_row(f.name, str(f.n_test), f"{f.wa:.3f}", f"{f.ua:.3f}", f"{f.macro_f1:.3f}", str(f.epoch))
+    agg = summary.aggregate
+    table.add_row("mean ± std", "", *[f"{agg[k]['mean']:.3f} ± {agg[k]['std']:.3f}" for k in ("wa", "ua", "macro_f1")],
+                  "", style="bold")
+    out.print(table)
+
+
+@app.command()
+@handles_errors
 def predict(
     run_dir: Path = typer.Argument(..., metavar="RUN", help="A run directory made by `emocli train`."),
     source: Path = typer.Argument(..., metavar="INPUT", help="A wav file, or a folder searched recursively for audio files."),

@@ -60,6 +60,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     select_best: bool = True  # test the epoch with the best validation UA; False: the last epoch
+    audio_init: str = ""  # a local torchvision AlexNet state dict: the paper's ImageNet-pretrained start
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -472,7 +473,10 @@ def _build_model(model_config, split: Split, train_config: TrainConfig, dist_: _
     from emocli.model import EmotionModel
 
     _seed_everything(train_config.seed, split.index, 1 << 20)  # same initial weights on every rank and rerun
-    return EmotionModel(model_config).to(dist_.device)  # the text encoder loads from config.text_model
+    model = EmotionModel(model_config)  # the text encoder loads from config.text_model
+    if train_config.audio_init and model_config.uses_audio:
+        model.load_torchvision_alexnet(Path(train_config.audio_init))
+    return model.to(dist_.device)
 
 
 def _train_fold(run, split: Split, data, corpus: _Corpus, model_config, train_config: TrainConfig, dist_: _Dist,
