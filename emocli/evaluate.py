@@ -1,0 +1,359 @@
+"""`emocli eval`: the paper's scores of a trained run, per fold and as mean and std over folds, with plots.
+
+Two sources of predictions:
+    evaluate_run       each finished fold's saved predictions on its own held-out test part; no model is loaded,
+                       so the numbers are exactly those the trainer saw.
+    evaluate_on_cache  each finished fold's model on the WHOLE of another cache (e.g. trained on IEMOCAP, tested
+                       on your own recordings prepared with the same settings); refused when that cache's labels,
+                       features or tokenizer differ from what the model was trained on.
+
+Per-class scores and confusion rows are averaged over the folds that hold the class: a leave-one-session-out
+fold without any "sad" utterance says nothing about how sad is recognised, and a zero row would drag the mean.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from emocli import bundle, cache, metrics
+from emocli.errors import CacheError, CheckpointError, ConfigError
+
+HELD_OUT = "held-out test parts"
+METRICS_NAME = "metrics"  # metrics.json, or metrics-<cache stem>.json for a report on another cache
+CONFUSION_NAME = "confusion"
+CURVES_NAME = "training-curves"
+# Feature settings that only decide which files get into a cache, not what the model sees of one.
+_SELECTION_ONLY = ("min_seconds", "silence_peak")
+# `emocli prepare` options for the feature settings it exposes, to say how to rebuild a mismatching cache.
+_PREPARE_FLAGS = {"n_mels": "--n-mels", "max_seconds": "--max-seconds"}
+_PLOT_DPI = 120
+_SCALARS = ("wa", "ua", "macro_f1")
+_PER_CLASS = ("precision", "recall", "f1")
+
+
+# --------------------------------------------------------------------------------------------- scores
+
+
+@dataclass(frozen=True)
+class FoldScores:
+    """One fold's scores; per-class dicts and matrices in the run's class order (rows true, columns predicted)."""
+
+    name: str
+    n: int
+    wa: float  # accuracy: correct / all
+    ua: float  # mean per-class recall over the classes present (balanced accuracy)
+    macro_f1: float
+    precision: dict[str, float]
+    recall: dict[str, float]
+    f1: dict[str, float]
+    support: dict[str, int]  # true utterances per class
+    confusion: list[list[float]]  # (C, C) percent of each true class
+    counts: list[list[int]]  # (C, C) utterances
+
+    @classmethod
+    def from_labels(cls, name: str, y_true, y_pred, classes: Sequence[str]) -> "FoldScores":
+        from sklearn.metrics import confusion_matrix
+
+        per_class = metrics.per_class(y_true, y_pred, classes)
+        counts = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))  # (C, C)
+        return cls(name=name, n=int(len(y_true)), wa=metrics.accuracy(y_true, y_pred),
+                   ua=metrics.unweighted_accuracy(y_true, y_pred), macro_f1=metrics.macro_f1(y_true, y_pred),
+                   precision={c: s["precision"] for c, s in per_class.items()},
+                   recall={c: s["recall"] for c, s in per_class.items()},
+                   f1={c: s["f1"] for c, s in per_class.items()},
+                   support={c: s["support"] for c, s in per_class.items()},
+                   confusion=metrics.confusion_percent(y_true, y_pred, len(classes)).tolist(),
+                   counts=counts.astype(int).tolist())
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "n": self.n, "wa": self.wa, "ua": self.ua, "macro_f1": self.macro_f1,
+                "precision": self.precision, "recall": self.recall, "f1": self.f1, "support": self.support,
+                "confusion_percent": self.confusion, "confusion_counts": self.counts}
+
+
+def aggregate_folds(folds: Sequence[FoldScores], classes: Sequence[str]) -> tuple[dict, dict]:
+    """(mean, std) over folds, population std (ddof 0) as `metrics.mean_std`.
+
+    Each holds wa, ua, macro_f1, {precision, recall, f1}: {class: value}, and confusion: (C, C) percent. A class's
+    scores and confusion row are taken over the folds whose test part holds that class (0 where none does).
+    """
+    mean: dict = {}
+    std: dict = {}
+    for key in _SCALARS:
+        mean[key], std[key] = metrics.mean_std([getattr(f, key) for f in folds])
+    for key in _PER_CLASS:
+        mean[key], std[key] = {}, {}
+        for c in classes:
+            mean[key][c], std[key][c] = metrics.mean_std([getattr(f, key)[c] for f in folds if f.support[c] > 0])
+    rows_mean, rows_std = [], []
+    for i, c in enumerate(classes):
+        rows = np.asarray([f.confusion[i] for f in folds if f.support[c] > 0], dtype=np.float64)  # (k, C)
+        rows_mean.append(rows.mean(axis=0).tolist() if len(rows) else [0.0] * len(classes))
+        rows_std.append(rows.std(axis=0).tolist() if len(rows) else [0.0] * len(classes))
+    mean["confusion"], std["confusion"] = rows_mean, rows_std
+    return mean, std
+
+
+@dataclass
+class EvalReport:
+    run_dir: Path
+    classes: tuple[str, ...]
+    display: dict[str, str]  # class -> human name (angry, happy, sad, neutral)
+    source: str  # HELD_OUT, or "cache <path> (whole corpus)"
+    folds: list[FoldScores]
+    mean: dict  # see aggregate_folds
+    std: dict
+    cache: Path | None = None  # the other cache, for evaluate_on_cache
+    unfinished: list[str] = field(default_factory=list)  # folds left out because they have not finished
+
+    @property
+    def display_names(self) -> list[str]:
+        return [self.display.get(c, c) for c in self.classes]
+
+    def to_json(self) -> dict:
+        return {"run_dir": str(self.run_dir), "source": self.source,
+                "cache": str(self.cache) if self.cache is not None else None,
+                "classes": list(self.classes), "display": self.display_names,
+                "mean": self.mean, "std": self.std, "folds": [f.to_json() for f in self.folds],
+                "unfinished": list(self.unfinished)}
+
+
+def _report(run: bundle.Run, source: str, folds: list[FoldScores], unfinished: list[str],
+            cache_path: Path | None = None) -> EvalReport:
+    classes = run.config.classes
+    mean, std = aggregate_folds(folds, classes)
+    return EvalReport(run_dir=run.path, classes=classes, display=dict(run.config.label_set.display), source=source,
+                      folds=folds, mean=mean, std=std, cache=cache_path, unfinished=unfinished)
+
+
+def _finished_folds(run: bundle.Run) -> tuple[list[str], list[str]]:
+    """(finished, unfinished) fold names in the run's order; CheckpointError when none has finished."""
+    finished = [name for name in run.config.folds if run.fold(name).result() is not None]
+    if not finished:
+        raise CheckpointError(f"run {run.path} has no finished fold; train it first with "
+                              f"`emocli train --run {run.path}`")
+    return finished, [name for name in run.config.folds if name not in finished]
+
+
+# --------------------------------------------------------------------------------------------- held-out parts
+
+
+def evaluate_run(run_dir: Path) -> EvalReport:
+    """Scores of every finished fold on its own held-out test part, from its saved predictions (no model)."""
+    run = bundle.open_run(Path(run_dir))
+    finished, unfinished = _finished_folds(run)
+    classes = run.config.classes
+    index = {c: i for i, c in enumerate(classes)}
+    folds = []
+    for name in finished:
+        rows = run.fold(name).read_predictions()
+        try:
+            y_true = [index[r["true"]] for r in rows]
+            y_pred = [index[r["pred"]] for r in rows]
+        except KeyError as exc:
+            raise CheckpointError(f"fold {name} of {run.path}: a prediction names {exc.args[0]!r}, which is not "
+                                  f"a class of the run ({', '.join(classes)}); the fold is damaged — retrain it"
+                                  ) from None
+        folds.append(FoldScores.from_labels(name, y_true, y_pred, classes))
+    return _report(run, HELD_OUT, folds, unfinished)
+
+
+# --------------------------------------------------------------------------------------------- another cache
+
+
+def check_cache_fits(config: bundle.RunConfig, meta: cache.CacheMeta, cache_path: Path) -> None:
+    """ConfigError unless the cache holds what the run's model was trained on: its classes in its order, its
+    features, and (for a model that reads text) its tokenizer."""
+    cached_classes = tuple(meta.inputs.get("label_set", {}).get("classes", ()))
+    if cached_classes != config.classes:
+        raise ConfigError(f"label-set mismatch: run has {', '.join(config.classes)}, cache {cache_path} has "
+                          f"{', '.join(cached_classes) or 'none'}; prepare the cache with the run's label set "
+                          f"(--labels {config.label_set.name})")
+    ours = config.features.to_json()
+    theirs = dict(meta.inputs.get("feature_config", {}))
+    differing = [k for k in sorted(set(ours) | set(theirs)) if k not in _SELECTION_ONLY
+                 and ours.get(k, "<absent>") != theirs.get(k, "<absent>")]
+    if differing:
+        pairs = ", ".join(f"{k} {ours.get(k, '<absent>')} vs {theirs.get(k, '<absent>')}" for k in differing)
+        flags = " ".join(f"{_PREPARE_FLAGS[k]} {ours[k]}" for k in differing if k in _PREPARE_FLAGS and k in ours)
+        raise ConfigError(f"feature mismatch: the run's model saw other features than cache {cache_path} holds "
+                          f"(run vs cache: {pairs}); re-run `emocli prepare` with the run's settings"
+                          + (f" ({flags})" if flags else ""))
+    if config.model.uses_text:
+        ours_tok, theirs_tok = config.tokenizer, dict(meta.inputs.get("tokenizer", {}))
+        if ours_tok.get("identity") != theirs_tok.get("identity"):
+            raise ConfigError(f"tokenizer mismatch: the run's text model was fed tokens of {ours_tok.get('name')!r}, "
+                              f"cache {cache_path} was tokenised with {theirs_tok.get('name')!r}; re-run "
+                              f"`emocli prepare --text-model {config.model.text_model}`")
+
+
+def _resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r} is not one of auto, cpu, cuda")
+    return torch.device(device)
+
+
+def predict_cache(model, data: cache.CacheData, batch_size: int = 64, device="cpu") -> np.ndarray:
+    """(N, C) float32 class probabilities of every utterance of `data`, in cache order.
+
+    Utterances are batched by length so little is padded; the model is padding-invariant, so the batching does
+    not change the numbers. A blank transcript counts as missing text, as in training.
+    """
+    import torch
+
+    config = model.config
+    n = len(data)
+    lengths = data.spec_lengths  # (N,)
+    present = np.array([bool(t.strip()) for t in data.texts], dtype=bool)  # (N,)
+    order = np.argsort(lengths, kind="stable")
+    probs = np.zeros((n, config.n_classes), dtype=np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            inputs = {}
+            if config.uses_audio:
+                spec = np.zeros((len(idx), config.n_mels, int(lengths[idx].max())), dtype=np.float32)  # (B, F, T)
+                for row, i in enumerate(idx):
+                    spec[row, :, :lengths[i]] = data.spectrogram(i)
+                inputs["spec"] = torch.from_numpy(spec).to(device)
+                inputs["spec_lengths"] = torch.from_numpy(lengths[idx]).to(device)
+            if config.uses_text:
+                mask = data.attention_mask[idx]  # (B, L)
+                width = max(int(mask.sum(axis=1).max()), 1)  # drop padding columns no row uses
+                inputs["input_ids"] = torch.from_numpy(data.input_ids[idx, :width].astype(np.int64)).to(device)
+                inputs["attention_mask"] = torch.from_numpy(mask[:, :width].astype(np.int64)).to(device)
+                inputs["text_present"] = torch.from_numpy(present[idx]).to(device)
+            logits = model(**inputs).logits  # (B, C)
+            probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return probs
+
+
+def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", batch_size: int = 64) -> EvalReport:
+    """Scores of every finished fold's model on the whole of another cache."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, not {batch_size}")
+    run = bundle.open_run(Path(run_dir))
+    finished, unfinished = _finished_folds(run)
+    cache_path = Path(cache_path)
+    check_cache_fits(run.config, cache.read_meta(cache_path), cache_path)  # before reading gigabytes
+    data = cache.read_cache(cache_path)
+    if not len(data):
+        raise CacheError(f"cache {cache_path} holds no utterance; nothing to evaluate")
+    torch_device = _resolve_device(device)
+    folds = []
+    for name in finished:
+        model, _, _ = bundle.load_model(run.path, name, str(torch_device))
+        probs = predict_cache(model, data, batch_size, torch_device)  # (N, C)
+        folds.append(FoldScores.from_labels(name, data.labels, probs.argmax(axis=1), run.config.classes))
+        del model
+    return _report(run, f"cache {cache_path} (whole corpus)", folds, unfinished, cache_path)
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def report_paths(report: EvalReport, run_dir: Path) -> dict[str, Path]:
+    """Where `save_report` writes: metrics, confusion and curves; suffixed by the cache's stem for another cache."""
+    suffix = "" if report.cache is None else "-" + bundle.fold_dirname(report.cache.stem)
+    run_dir = Path(run_dir)
+    return {"metrics": run_dir / f"{METRICS_NAME}{suffix}.json",
+            "confusion": run_dir / f"{CONFUSION_NAME}{suffix}.png",
+            "curves": run_dir / f"{CURVES_NAME}.png"}  # the same training whatever the test data
+
+
+def save_report(report: EvalReport, run_dir: Path) -> list[Path]:
+    """Write the report's JSON, its mean confusion matrix and the run's training curves; the paths written."""
+    paths = report_paths(report, run_dir)
+    _atomic_write(paths["metrics"], (json.dumps(report.to_json(), indent=2) + "\n").encode())
+    _atomic_write(paths["confusion"], _png(_confusion_figure(report)))
+    written = [paths["metrics"], paths["confusion"]]
+    run = bundle.open_run(Path(run_dir))
+    histories = {f.name: run.fold(f.name).read_metrics() for f in report.folds}
+    if any(histories.values()):
+        _atomic_write(paths["curves"], _png(_curves_figure(histories)))
+        written.append(paths["curves"])
+    return written
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)  # a reader sees the previous file or the new one, never half of one
+
+
+def _png(figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)  # Agg, without pyplot: no global backend, no window
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_PLOT_DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _confusion_figure(report: EvalReport):
+    """The mean confusion matrix in percent, laid out as the paper's table: rows true, columns predicted."""
+    from matplotlib.figure import Figure
+
+    names = report.display_names
+    mean = np.asarray(report.mean["confusion"])  # (C, C)
+    std = np.asarray(report.std["confusion"])  # (C, C)
+    size = 1.4 + 1.1 * len(names)
+    figure = Figure(figsize=(size + 1.2, size))
+    ax = figure.add_subplot()
+    image = ax.imshow(mean, cmap="Blues", vmin=0.0, vmax=100.0)
+    figure.colorbar(image, ax=ax, label="% of true class")
+    many = len(report.folds) > 1
+    for i in range(len(names)):
+        for j in range(len(names)):
+            text = f"{mean[i, j]:.1f}" + (f"\n±{std[i, j]:.1f}" if many else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                    color="white" if mean[i, j] > 50.0 else "black")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    folds = f"mean of {len(report.folds)} folds" if many else report.folds[0].name
+    ax.set_title(f"WA {100 * report.mean['wa']:.1f} %  UA {100 * report.mean['ua']:.1f} %  ({folds})\n"
+                 f"{report.source}", fontsize=9)
+    return figure
+
+
+def _curves_figure(histories: dict[str, list[dict]]):
+    """Loss and accuracy per epoch, train solid and validation dashed, one colour per fold."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4))
+    loss_ax, acc_ax = figure.subplots(1, 2)
+    for k, (name, records) in enumerate(histories.items()):
+        colour = f"C{k % 10}"
+        epochs = [r["epoch"] for r in records]
+        for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
+            for part, style in (("train", "-"), ("val", "--")):
+                key = f"{part}_{metric}"
+                points = [(e, r[key]) for e, r in zip(epochs, records) if key in r]
+                if points:
+                    ax.plot(*zip(*points), style, color=colour, label=f"{name} {part}")
+    for ax, label in ((loss_ax, "cross-entropy loss"), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize=7, loc="lower right")
+    figure.suptitle("training curves (solid: train, dashed: validation)", fontsize=10)
+    return figure
