@@ -258,6 +258,52 @@ def _print_train_summary(summary) -> None:
     out.print(table)
 
 
+@app.command("eval")
+@handles_errors
+def evaluate(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="A run directory made by `emocli train`."),
+    cache_path: Optional[Path] = typer.Option(None, "--cache", help="Score every fold's model on this whole other "
+                                                                    "prepared corpus instead of its held-out part."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (only with --cache)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Accuracy (WA), unweighted accuracy (UA), macro-F1 and the confusion matrix, per fold and mean ± std."""
+    from emocli.evaluate import evaluate_on_cache, evaluate_run, save_report
+
+    report = evaluate_on_cache(run_dir, cache_path, device=device) if cache_path else evaluate_run(run_dir)
+    written = save_report(report, run_dir)
+    if as_json:
+        print(json.dumps(report.to_json()))
+        return
+    print_eval_report(report)
+    if report.unfinished:
+        err.print(f"[yellow]warning:[/] left out unfinished fold(s): {', '.join(report.unfinished)}", highlight=False)
+    out.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+
+
+def print_eval_report(report) -> None:
+    names = report.display_names
+    scores = Table(title=f"{report.run_dir} — {report.source}")
+    for col in ("fold", "n", "WA", "UA", "macro-F1"):
+        scores.add_column(col, justify="left" if col == "fold" else "right")
+    for f in report.folds:
+        scores.add_row(f.name, str(f.n), f"{100 * f.wa:.1f}", f"{100 * f.ua:.1f}", f"{100 * f.macro_f1:.1f}")
+    m, s = report.mean, report.std
+    scores.add_row("mean ± std", "", *[f"{100 * m[k]:.1f} ± {100 * s[k]:.1f}" for k in ("wa", "ua", "macro_f1")],
+                   style="bold")
+    out.print(scores)
+    confusion = Table(title="confusion matrix, % of each true class (rows true, columns predicted), mean over folds")
+    confusion.add_column("true \\ predicted")
+    for name in names:
+        confusion.add_column(name, justify="right")
+    confusion.add_column("precision", justify="right")
+    confusion.add_column("recall", justify="right")
+    for i, (cls, name) in enumerate(zip(report.classes, names)):
+        cells = [f"[bold]{v:.1f}[/]" if j == i else f"{v:.1f}" for j, v in enumerate(m["confusion"][i])]
+        confusion.add_row(name, *cells, f"{100 * m['precision'][cls]:.1f}", f"{100 * m['recall'][cls]:.1f}")
+    out.print(confusion)
+
+
 @app.command()
 @handles_errors
 def predict(

@@ -2,7 +2,8 @@
 
 Every setting comes from the run (feature config, tokenizer, label set), never from defaults, and audio goes
 through the very same `features.audio_features` as `prepare`. A file without a transcript is predicted from
-audio alone — the fused model learnt that case through modality dropout — and marked so.
+audio alone — the fused model learnt that case through modality dropout — and marked so. A file that cannot
+be predicted becomes a `Failure` (one line for the CLI) and the rest goes on.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import csv
 import io
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -23,6 +25,13 @@ from emocli.features import audio_features, tokenize
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
+DEVICES = ("auto", "cpu", "cuda")
+# Features of at most this many batches are held at once, so a folder of thousands of 15 s files never holds
+# every spectrogram in memory (a 128 x 1500 float32 log-mel is 0.75 MB).
+FEATURE_CHUNK_BATCHES = 8
+_SERIAL_BELOW = 8  # files: a process pool costs more than it saves on a handful
+
+FeatureMap = Callable[[Callable, Iterable], Iterable]  # `map`, or a process pool's ordered imap
 
 
 @dataclass(frozen=True)
@@ -36,10 +45,10 @@ class PredictItem:
 class Prediction:
     id: str
     path: Path
-    text: str | None
+    text: str | None  # the transcript the model read; None when it read none
     label: str
-    probs: dict[str, float]
-    audio_only: bool
+    probs: dict[str, float]  # every class, in the run's class order
+    audio_only: bool  # predicted without a transcript
 
     def to_json(self) -> dict:
         return {"id": self.id, "file": str(self.path), "text": self.text, "label": self.label,
@@ -57,45 +66,44 @@ class Failure:
 
 
 def collect_inputs(source: Path, text: str | None = None, transcripts: Path | None = None) -> list[PredictItem]:
-    """One file (with --text) or every audio file under a folder, each paired with its transcript if any."""
+    """One file, or every audio file under a folder (recursively), each paired with its transcript if any.
+
+    A transcript comes from --text (one file), else from --transcripts, else from `<name>.txt` beside the audio.
+    """
     source = Path(source)
-    if not source.exists():
+    if not source.exists() and not source.is_symlink():
         raise CorpusError(f"{source} does not exist; pass a wav file or a folder of recordings")
-    if source.is_file():
-        if transcripts is not None:
-            texts = read_transcripts(transcripts)
-            known = {source.stem, source.name}
-            unknown = sorted(set(texts) - known)
-            if unknown:
-                raise CorpusError(f"{transcripts}: id {unknown[0]!r} matches no input file (ids are file stems "
-                                  f"or paths relative to the input folder)")
-            text = text if text is not None else texts.get(source.stem, texts.get(source.name))
-        return [PredictItem(source.name, source, text)]
-    if text is not None:
-        raise ConfigError("--text goes with a single file; for a folder put <name>.txt beside each wav or pass "
-                          "--transcripts FILE")
-    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+    if text is not None and transcripts is not None:
+        raise ConfigError("--text and --transcripts both give transcripts; use one of them")
+    if source.is_dir():
+        if text is not None:
+            raise ConfigError("--text goes with a single file; for a folder put <name>.txt beside each wav or "
+                              "pass --transcripts FILE")
+        root, files = source, _audio_files(source)
+    else:
+        root, files = source.parent, [source]
+    if transcripts is not None:
+        texts = _match_transcripts(read_transcripts(transcripts), files, root, transcripts)
+    elif text is not None:
+        texts = [_clean(text)]
+    else:
+        texts = [_sidecar_text(path) for path in files]
+    return [PredictItem(path.relative_to(root).as_posix(), path, t) for path, t in zip(files, texts)]
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    # Not `is_file()`: a broken link or an unreadable entry named *.wav must be reported, not silently skipped.
+    # `._*` are macOS AppleDouble shadows of real files, never audio.
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.is_dir()
                    and not p.name.startswith("._"))
     if not files:
-        raise CorpusError(f"{source} holds no audio files ({', '.join(AUDIO_SUFFIXES)}), searched recursively")
-    table = read_transcripts(transcripts) if transcripts is not None else None
-    items, used = [], set()
-    for path in files:
-        rel = path.relative_to(source)
-        item_id = rel.as_posix()
-        if table is not None:
-            keys = (item_id, rel.with_suffix("").as_posix(), path.stem)
-            key = next((k for k in keys if k in table), None)
-            used.add(key)
-            items.append(PredictItem(item_id, path, table.get(key) if key else None))
-        else:
-            items.append(PredictItem(item_id, path, _sidecar_text(path)))
-    if table is not None:
-        unknown = sorted(set(table) - used)
-        if unknown:
-            raise CorpusError(f"{transcripts}: {len(unknown)} id(s) match no audio file under {source}, e.g. "
-                              f"{unknown[0]!r} (ids are file stems or paths relative to the folder)")
-    return items
+        raise CorpusError(f"{folder} holds no audio files ({', '.join(AUDIO_SUFFIXES)}), searched recursively")
+    return files
+
+
+def _clean(text: str) -> str | None:
+    """Whitespace collapsed as in prepare; an empty transcript is no transcript."""
+    return " ".join(text.split()) or None
 
 
 def _sidecar_text(audio: Path) -> str | None:
@@ -103,9 +111,36 @@ def _sidecar_text(audio: Path) -> str | None:
     if not sidecar.is_file():
         return None
     try:
-        return " ".join(sidecar.read_text(encoding="utf-8").split())
+        return _clean(sidecar.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
         raise CorpusError(f"{sidecar} is not UTF-8 text; re-save it as UTF-8") from None
+    except OSError as exc:
+        raise CorpusError(f"cannot read transcript {sidecar}: {exc.strerror or exc}") from None
+
+
+def _match_transcripts(table: dict[str, str], files: list[Path], root: Path, where: Path) -> list[str | None]:
+    """Each file's transcript; every id must name exactly one file and every file at most one id."""
+    names: dict[str, list[int]] = {}  # id spelling -> files it can name: relative path, without suffix, stem
+    for index, path in enumerate(files):
+        rel = path.relative_to(root)
+        for key in {rel.as_posix(), rel.with_suffix("").as_posix(), path.stem}:
+            names.setdefault(key, []).append(index)
+    texts: list[str | None] = [None] * len(files)
+    owner: dict[int, str] = {}
+    for item_id, text in table.items():
+        matches = names.get(item_id, [])
+        if not matches:
+            raise CorpusError(f"{where}: id {item_id!r} matches no audio file under {root} (ids are file stems or "
+                              f"paths relative to the input folder)")
+        if len(matches) > 1:
+            raise CorpusError(f"{where}: id {item_id!r} matches {len(matches)} files (e.g. "
+                              f"{files[matches[0]].relative_to(root).as_posix()}); use the relative path as id")
+        if matches[0] in owner:
+            raise CorpusError(f"{where}: ids {owner[matches[0]]!r} and {item_id!r} both name "
+                              f"{files[matches[0]].relative_to(root).as_posix()}; keep one")
+        owner[matches[0]] = item_id
+        texts[matches[0]] = _clean(text)
+    return texts
 
 
 def read_transcripts(path: Path) -> dict[str, str]:
@@ -117,21 +152,31 @@ def read_transcripts(path: Path) -> dict[str, str]:
         raise CorpusError(f"cannot read transcripts file {path}: {exc.strerror or exc}") from None
     try:
         content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise CorpusError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
     delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in content.split("\n", 1)[0] else ","
-    reader = csv.DictReader(io.StringIO(content), delimiter=delimiter)
-    if reader.fieldnames is None or not {"id", "text"} <= {f.strip() for f in reader.fieldnames}:
+    try:
+        return _parse_transcripts(csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter), path)
+    except csv.Error as exc:
+        raise CorpusError(f"{path} is not a readable CSV/TSV ({exc})") from None
+
+
+def _parse_transcripts(reader: csv.DictReader, path: Path) -> dict[str, str]:
+    if reader.fieldnames is None or not {"id", "text"} <= {(f or "").strip() for f in reader.fieldnames}:
         raise CorpusError(f"{path} needs a header with columns id and text (got {reader.fieldnames})")
     table: dict[str, str] = {}
-    for row_number, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num
+        if row.get(None):  # DictReader files surplus fields under None: an unquoted delimiter inside the text
+            raise CorpusError(f"{path}, line {line}: more fields than the header; quote text that holds the "
+                              f"delimiter")
         row = {(k or "").strip(): v for k, v in row.items()}
-        item_id, text = (row.get("id") or "").strip(), row.get("text")
+        item_id, text = (row.get("id") or "").strip().replace("\\", "/").removeprefix("./"), row.get("text")
         if not item_id or text is None:
-            raise CorpusError(f"{path}, row {row_number}: empty id or missing text")
+            raise CorpusError(f"{path}, line {line}: empty id or missing text")
         if item_id in table:
-            raise CorpusError(f"{path}, row {row_number}: id {item_id!r} appears twice")
-        table[item_id] = " ".join(text.split())
+            raise CorpusError(f"{path}, line {line}: id {item_id!r} appears twice")
+        table[item_id] = text
     return table
 
 
@@ -139,9 +184,10 @@ def read_transcripts(path: Path) -> dict[str, str]:
 
 
 class Predictor:
-    """A trained model with the run's own settings; `predict` yields results in input order."""
+    """A trained model with the run's own settings; `predict` yields one result per item, in input order."""
 
     def __init__(self, model, config, tokenizer, device):
+        """`config`: the run's `bundle.RunConfig`; `tokenizer`: None for an audio-only model."""
         self.model, self.config, self.tokenizer, self.device = model, config, tokenizer, device
 
     @classmethod
@@ -150,6 +196,8 @@ class Predictor:
 
         from emocli.bundle import load_model
 
+        if device not in DEVICES:
+            raise ConfigError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         elif device == "cuda" and not torch.cuda.is_available():
@@ -162,77 +210,106 @@ class Predictor:
         return self.config.classes
 
     def features(self, item: PredictItem) -> np.ndarray:
+        """(n_mels, T) log-mel of one item, exactly as prepare computed the training data's."""
         spec, _ = audio_features(item.path, self.config.features)
         return spec
 
     def predict(self, items: Iterable[PredictItem], batch_size: int = 32,
-                feature_map: Callable = map) -> Iterator[Prediction | Failure]:
+                feature_map: FeatureMap = map) -> Iterator[Prediction | Failure]:
         """Features are computed by `feature_map` (a process pool for folders), the model runs per batch."""
-        model_cfg = self.config.model
-        batch: list[tuple[PredictItem, np.ndarray]] = []
-        for item, result in zip(items, feature_map(_safe_features, [(i.path, self.config.features) for i in items])):
-            if isinstance(result, str):
-                yield Failure(item.id, item.path, result)
-                continue
-            if model_cfg.modality == "text" and not item.text:
-                yield Failure(item.id, item.path, "this run's model is text-only and the file has no transcript")
-                continue
-            batch.append((item, result))
-            if len(batch) == batch_size:
-                yield from self._run_batch(batch)
-                batch = []
-        if batch:
-            yield from self._run_batch(batch)
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, not {batch_size}")
+        items = list(items)
+        chunk = batch_size * FEATURE_CHUNK_BATCHES
+        for start in range(0, len(items), chunk):
+            yield from self._predict_chunk(items[start:start + chunk], batch_size, feature_map)
 
-    def _run_batch(self, batch: list[tuple[PredictItem, np.ndarray]]) -> list[Prediction]:
+    def _predict_chunk(self, items: list[PredictItem], batch_size: int,
+                       feature_map: FeatureMap) -> list[Prediction | Failure]:
+        specs = self._chunk_features(items, feature_map)
+        results: list[Prediction | Failure | None] = [None] * len(items)
+        ready = []
+        for index, (item, spec) in enumerate(zip(items, specs)):
+            reason = spec if isinstance(spec, str) else self._refusal(item)
+            if reason is None:
+                ready.append(index)
+            else:
+                results[index] = Failure(item.id, item.path, reason)
+        for start in range(0, len(ready), batch_size):
+            batch = ready[start:start + batch_size]
+            outputs = self._run_batch([items[i] for i in batch], [specs[i] for i in batch])
+            for index, prediction in zip(batch, outputs):
+                results[index] = prediction
+        return results
+
+    def _chunk_features(self, items: list[PredictItem], feature_map: FeatureMap) -> list[np.ndarray | str | None]:
+        """Each item's log-mel, or the reason it has none; None for all when the model does not read audio."""
+        if not self.config.model.uses_audio:
+            return [None] * len(items)  # a text-only model never decodes audio: a broken file costs nothing
+        return list(feature_map(_safe_features, [(item.path, self.config.features) for item in items]))
+
+    def _refusal(self, item: PredictItem) -> str | None:
+        if self.config.model.modality == "text" and item.text is None:
+            return ("no transcript, and this run's model is text-only; give one with --text, a .txt beside the "
+                    "audio or --transcripts")
+        return None
+
+    def _run_batch(self, items: list[PredictItem], specs: list[np.ndarray | None]) -> list[Prediction]:
         import torch
 
         model_cfg = self.config.model
-        inputs = {}
-        if model_cfg.uses_audio:
-            lengths = [spec.shape[1] for _, spec in batch]
-            padded = np.zeros((len(batch), batch[0][1].shape[0], max(lengths)), dtype=np.float32)  # (B, F, T)
-            for row, (_, spec) in enumerate(batch):
-                padded[row, :, : spec.shape[1]] = spec
-            inputs["spec"] = torch.from_numpy(padded).to(self.device)
-            inputs["spec_lengths"] = torch.tensor(lengths, device=self.device)
-        present = [bool(item.text) for item, _ in batch]
+        inputs = _pad_specs(specs, self.device) if model_cfg.uses_audio else {}
+        # An audio-only model reads no transcript, so none counts as used.
+        present = [model_cfg.uses_text and item.text is not None for item in items]
         if model_cfg.uses_text:
-            ids, mask = tokenize(self.tokenizer, [item.text or "" for item, _ in batch], self.config.features.max_tokens)
-            inputs["input_ids"] = torch.from_numpy(ids.astype(np.int64)).to(self.device)
-            inputs["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(self.device)
-            inputs["text_present"] = torch.tensor(present, device=self.device)
+            # Fixed-length padding, as in the cache; a missing transcript is tokenised as "" and then replaced
+            # by the model's learned missing-text embedding (text_present False).
+            ids, mask = tokenize(self.tokenizer, [item.text or "" for item in items], self.config.features.max_tokens)
+            inputs["input_ids"] = torch.from_numpy(ids.astype(np.int64)).to(self.device)  # (B, L)
+            inputs["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(self.device)  # (B, L)
+            inputs["text_present"] = torch.tensor(present, device=self.device)  # (B,)
         with torch.inference_mode():
             probs = torch.softmax(self.model(**inputs).logits.float(), dim=-1).cpu().numpy()  # (B, C)
-        results = []
-        for (item, _), p, has_text in zip(batch, probs, present):
-            audio_only = model_cfg.modality == "audio" or not has_text
-            results.append(Prediction(item.id, item.path, item.text if model_cfg.uses_text and has_text else None,
-                                      self.classes[int(p.argmax())], dict(zip(self.classes, map(float, p))),
-                                      audio_only))
-        return results
+        return [Prediction(item.id, item.path, item.text if has_text else None, self.classes[int(p.argmax())],
+                           dict(zip(self.classes, map(float, p))), audio_only=not has_text)
+                for item, p, has_text in zip(items, probs, present)]
 
 
-def _safe_features(job) -> np.ndarray | str:
+def _pad_specs(specs: Sequence[np.ndarray], device) -> dict:
+    """Zero-padded (B, F, T) batch and its (B,) lengths; the model masks the padding, so its value is moot."""
+    import torch
+
+    lengths = [spec.shape[1] for spec in specs]
+    padded = np.zeros((len(specs), specs[0].shape[0], max(lengths)), dtype=np.float32)  # (B, F, T)
+    for row, spec in enumerate(specs):
+        padded[row, :, : spec.shape[1]] = spec
+    return {"spec": torch.from_numpy(padded).to(device), "spec_lengths": torch.tensor(lengths, device=device)}
+
+
+def _safe_features(job: tuple[Path, object]) -> np.ndarray | str:
+    """A worker's log-mel, or the reason there is none: one bad file must not stop a folder of thousands."""
     path, features = job
     try:
         spec, _ = audio_features(path, features)
     except AudioError as exc:
-        return str(exc)
+        return str(exc).removeprefix(f"{path}: ")  # the CLI names the file already
+    except Exception as exc:  # a decoder's own error on a malformed file: still this file's problem only
+        return f"cannot decode ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     return spec
 
 
 @contextlib.contextmanager
-def feature_pool(n_items: int, workers: int = 0):
+def feature_pool(n_items: int, workers: int = 0) -> Iterator[FeatureMap]:
     """Decode and compute features on every core for folders; plain map for a single file."""
     import multiprocessing
 
     from emocli.prepare import _limit_threads
 
     n_workers = workers or os.cpu_count() or 1
-    if n_workers == 1 or n_items < 8:
+    if n_workers == 1 or n_items < _SERIAL_BELOW:
         yield map
         return
+    # fork: workers inherit the imported numpy/soundfile; they never touch torch, so its threads do not matter.
     with multiprocessing.get_context("fork").Pool(n_workers, initializer=_limit_threads) as pool:
         yield lambda fn, jobs: pool.imap(fn, jobs, chunksize=4)
 
@@ -245,28 +322,34 @@ def check_output_path(path: Path) -> None:
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ConfigError(f"--output {path}: use a .csv or .jsonl file name")
-    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ConfigError(f"--output {path} is a folder; give a file name inside it")
+    parent = path.parent
     if not parent.is_dir():
         raise ConfigError(f"--output {path}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ConfigError(f"--output {path}: not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"--output {path}: the file is read-only")
+    # Creating a file is the only honest test: permission bits, read-only mounts, immutable folders, ACLs.
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=parent)
+    except OSError as exc:
+        raise ConfigError(f"--output {path}: folder {parent} is not writable ({exc.strerror or exc})") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def _temporary_name(path: Path) -> Path:
+    """Hidden, and not ending in .csv/.jsonl: a leftover never looks like a finished output."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def write_predictions(predictions: list[Prediction], classes: tuple[str, ...], path: Path) -> None:
     """CSV or JSON lines, written under a temporary name and renamed: a crash leaves no partial file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary_name(path)
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            if path.suffix.lower() == ".jsonl":
-                for p in predictions:
-                    handle.write(json.dumps(p.to_json()) + "\n")
-            else:
-                fields = ["id", "file", "text", "label", "audio_only", *[f"p_{c}" for c in classes]]
-                writer = csv.DictWriter(handle, fieldnames=fields)
-                writer.writeheader()
-                for p in predictions:
-                    writer.writerow(p.to_json())
+            _write_rows(handle, predictions, classes, jsonl=path.suffix.lower() == ".jsonl")
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -276,3 +359,15 @@ def write_predictions(predictions: list[Prediction], classes: tuple[str, ...], p
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_rows(handle, predictions: list[Prediction], classes: tuple[str, ...], jsonl: bool) -> None:
+    if jsonl:
+        for p in predictions:
+            handle.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+        return
+    fields = ["id", "file", "text", "label", "audio_only", *[f"p_{c}" for c in classes]]
+    writer = csv.DictWriter(handle, fieldnames=fields)
+    writer.writeheader()
+    for p in predictions:
+        writer.writerow(p.to_json())
