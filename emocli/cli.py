@@ -306,6 +306,37 @@ def print_eval_report(report) -> None:
 
 @app.command()
 @handles_errors
+def compare(
+    runs: list[Path] = typer.Argument(..., metavar="RUN...", help="Run directories to put side by side."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Side by side: WA, UA and macro-F1 (mean ± std over folds) of several runs, e.g. fusion vs single views."""
+    from emocli.bundle import open_run
+    from emocli.evaluate import evaluate_run
+
+    rows = []
+    for run in runs:
+        report, config = evaluate_run(run), open_run(run).config
+        rows.append({"run": run.name or str(run), "modality": config.model.modality, "fusion": config.model.fusion,
+                     "protocol": config.train["protocol"], "folds": len(report.folds),
+                     **{k: {"mean": report.mean[k], "std": report.std[k]} for k in ("wa", "ua", "macro_f1")}})
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title="held-out scores, % (mean ± std over folds)")
+    for col in ("run", "modality", "protocol", "folds", "WA", "UA", "macro-F1"):
+        table.add_column(col, justify="right" if col in ("folds", "WA", "UA", "macro-F1") else "left")
+    best = max(r["ua"]["mean"] for r in rows)
+    for r in rows:
+        cells = [f"{100 * r[k]['mean']:.1f} ± {100 * r[k]['std']:.1f}" for k in ("wa", "ua", "macro_f1")]
+        style = "bold green" if r["ua"]["mean"] == best else None
+        modality = f"{r['modality']} ({r['fusion']})" if r["modality"] == "both" else r["modality"]
+        table.add_row(r["run"], modality, r["protocol"], str(r["folds"]), *cells, style=style)
+    out.print(table)
+
+
+@app.command()
+@handles_errors
 def predict(
     run_dir: Path = typer.Argument(..., metavar="RUN", help="A run directory made by `emocli train`."),
     source: Path = typer.Argument(..., metavar="INPUT", help="A wav file, or a folder searched recursively for audio files."),
