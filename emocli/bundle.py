@@ -27,13 +27,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from emocli import __version__
+from emocli.atomic import write_bytes_atomic
 from emocli.corpus.records import LabelSet
 from emocli.errors import CheckpointError
 from emocli.features import FeatureConfig
@@ -123,35 +123,15 @@ def _short(value) -> str:
 # --------------------------------------------------------------------------------------------- atomic files
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    _fsync_dir(path.parent)
-
-
 def _atomic_write_json(path: Path, data) -> None:
-    _atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _atomic_save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save
 
     blob = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
-    _atomic_write_bytes(path, blob)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_bytes_atomic(path, blob)
 
 
 def _read_json(path: Path):
@@ -216,7 +196,7 @@ class Fold:
 
     def write_metrics(self, records: Iterable[dict]) -> None:
         """The whole epoch log, rewritten from the checkpoint's history, so it never runs ahead of a resume."""
-        _atomic_write_bytes(self.path / "metrics.jsonl",
+        write_bytes_atomic(self.path / "metrics.jsonl",
                             "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
 
     def read_metrics(self) -> list[dict]:
@@ -242,7 +222,7 @@ class Fold:
     def save_final(self, model_state: dict, predictions: list[dict], result: dict) -> None:
         """Weights, predictions, then result.json last: its presence says the fold is complete."""
         _atomic_save_tensors(self.path / "model.safetensors", model_state, {"format": "pt", "fold": self.name})
-        _atomic_write_bytes(self.path / "predictions.jsonl",
+        write_bytes_atomic(self.path / "predictions.jsonl",
                             "".join(json.dumps(p) + "\n" for p in predictions).encode())
         _atomic_write_json(self.path / "result.json", result)
         self.discard_checkpoint()  # the final weights supersede it
@@ -356,7 +336,7 @@ def create_or_open_run(run_dir: Path, config: RunConfig, text_model_dir: Path | 
         for name in (*_TOKENIZER_FILES, "config.json"):
             source = Path(text_model_dir) / name
             if source.is_file():
-                _atomic_write_bytes(target / name, source.read_bytes())
+                write_bytes_atomic(target / name, source.read_bytes())
     _atomic_write_json(run_dir / "config.json", config.to_json())  # last: its presence makes the folder a run
     return Run(run_dir, config)
 

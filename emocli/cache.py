@@ -25,6 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
+from emocli.atomic import fsync_dir, temporary_name
 from emocli.corpus.records import Utterance
 from emocli.errors import CacheError
 
@@ -166,7 +167,7 @@ class CacheWriter:
         import h5py
 
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.tmp_path = temporary_name(self.path)
         self._h5 = h5py.File(self.tmp_path, "w")
         self._n_frames = 0
         self._offsets = [0]
@@ -237,19 +238,10 @@ class CacheWriter:
         os.fsync(h5.id.get_vfd_handle())
         h5.close()
         os.replace(self.tmp_path, self.path)  # atomic on one filesystem: readers see old or new, never half
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return digest
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._h5.close()
         self.tmp_path.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from emocli import bundle, cache, metrics
+from emocli.atomic import write_bytes_atomic
 from emocli.errors import CacheError, CheckpointError, ConfigError
 
 HELD_OUT = "held-out test parts"
@@ -278,24 +278,15 @@ def report_paths(report: EvalReport, run_dir: Path) -> dict[str, Path]:
 def save_report(report: EvalReport, run_dir: Path) -> list[Path]:
     """Write the report's JSON, its mean confusion matrix and the run's training curves; the paths written."""
     paths = report_paths(report, run_dir)
-    _atomic_write(paths["metrics"], (json.dumps(report.to_json(), indent=2) + "\n").encode())
-    _atomic_write(paths["confusion"], _png(_confusion_figure(report)))
+    write_bytes_atomic(paths["metrics"], (json.dumps(report.to_json(), indent=2) + "\n").encode())
+    write_bytes_atomic(paths["confusion"], _png(_confusion_figure(report)))
     written = [paths["metrics"], paths["confusion"]]
     run = bundle.open_run(Path(run_dir))
     histories = {f.name: run.fold(f.name).read_metrics() for f in report.folds}
     if any(histories.values()):
-        _atomic_write(paths["curves"], _png(_curves_figure(histories)))
+        write_bytes_atomic(paths["curves"], _png(_curves_figure(histories)))
         written.append(paths["curves"])
     return written
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)  # a reader sees the previous file or the new one, never half of one
 
 
 def _png(figure) -> bytes:

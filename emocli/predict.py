@@ -94,7 +94,7 @@ def collect_inputs(source: Path, text: str | None = None, transcripts: Path | No
 def _audio_files(folder: Path) -> list[Path]:
     # Not `is_file()`: a broken link or an unreadable entry named *.wav must be reported, not silently skipped.
     # `._*` are macOS AppleDouble shadows of real files, never audio.
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.is_dir()
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
                    and not p.name.startswith("._"))
     if not files:
         raise CorpusError(f"{folder} holds no audio files ({', '.join(AUDIO_SUFFIXES)}), searched recursively")

@@ -10,14 +10,14 @@ import contextlib
 import multiprocessing
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from emocli import cache
-from emocli.corpus.records import ReadReport, Utterance, get_label_set
+from emocli.corpus.records import ReadReport, get_label_set
 from emocli.errors import AudioError, CacheError, CorpusError
 from emocli.features import FeatureConfig, audio_features, tokenize
 from emocli.text_model import DEFAULT_TEXT_MODEL, resolve_text_model, tokenizer_identity
