@@ -363,10 +363,10 @@ def predict(
                 err.print(f"skipped {result.id}: {result.reason}", highlight=False, soft_wrap=True)
             else:
                 predictions.append(result)
-    if output is not None and predictions:
+    if output is not None:  # even when every file failed: an older file must not stay looking current
         write_predictions(predictions, predictor.classes, output)
     _print_predictions(predictions, predictor.classes, show)
-    if output is not None and predictions:
+    if output is not None:
         out.print(f"wrote {len(predictions)} predictions to {output}", highlight=False)
     if failures:
         err.print(f"{failures} of {len(items)} file(s) could not be predicted", highlight=False)

@@ -2,8 +2,9 @@
 
 Every setting comes from the run (feature config, tokenizer, label set), never from defaults, and audio goes
 through the very same `features.audio_features` as `prepare`. A file without a transcript is predicted from
-audio alone — the fused model learnt that case through modality dropout — and marked so. A file that cannot
-be predicted becomes a `Failure` (one line for the CLI) and the rest goes on.
+audio alone — a fused model learns that case through modality dropout (`train --modality-dropout`, on by
+default) — and marked so. A file that cannot be predicted becomes a `Failure` (one line for the CLI) and the
+rest goes on.
 """
 
 from __future__ import annotations
@@ -16,12 +17,19 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from emocli.errors import AudioError, ConfigError, CorpusError, EmocliError
-from emocli.features import audio_features, tokenize
+from emocli.atomic import write_bytes_atomic
+from emocli.errors import AudioError, ConfigError, CorpusError
+from emocli.features import FeatureConfig, audio_features, tokenize
+
+if TYPE_CHECKING:  # torch and the model load only once a run is opened: `--help` and input errors stay fast
+    import torch
+
+    from emocli.bundle import RunConfig
+    from emocli.model import EmotionModel
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
@@ -94,7 +102,7 @@ def collect_inputs(source: Path, text: str | None = None, transcripts: Path | No
 def _audio_files(folder: Path) -> list[Path]:
     # Not `is_file()`: a broken link or an unreadable entry named *.wav must be reported, not silently skipped.
     # `._*` are macOS AppleDouble shadows of real files, never audio.
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.is_dir()
                    and not p.name.startswith("._"))
     if not files:
         raise CorpusError(f"{folder} holds no audio files ({', '.join(AUDIO_SUFFIXES)}), searched recursively")
@@ -186,8 +194,8 @@ def _parse_transcripts(reader: csv.DictReader, path: Path) -> dict[str, str]:
 class Predictor:
     """A trained model with the run's own settings; `predict` yields one result per item, in input order."""
 
-    def __init__(self, model, config, tokenizer, device):
-        """`config`: the run's `bundle.RunConfig`; `tokenizer`: None for an audio-only model."""
+    def __init__(self, model: "EmotionModel", config: "RunConfig", tokenizer: object | None, device: "torch.device"):
+        """`tokenizer`: the run's own copy; None for an audio-only model."""
         self.model, self.config, self.tokenizer, self.device = model, config, tokenizer, device
 
     @classmethod
@@ -275,7 +283,7 @@ class Predictor:
                 for item, p, has_text in zip(items, probs, present)]
 
 
-def _pad_specs(specs: Sequence[np.ndarray], device) -> dict:
+def _pad_specs(specs: Sequence[np.ndarray], device: "torch.device") -> dict[str, "torch.Tensor"]:
     """Zero-padded (B, F, T) batch and its (B,) lengths; the model masks the padding, so its value is moot."""
     import torch
 
@@ -286,7 +294,7 @@ def _pad_specs(specs: Sequence[np.ndarray], device) -> dict:
     return {"spec": torch.from_numpy(padded).to(device), "spec_lengths": torch.tensor(lengths, device=device)}
 
 
-def _safe_features(job: tuple[Path, object]) -> np.ndarray | str:
+def _safe_features(job: tuple[Path, FeatureConfig]) -> np.ndarray | str:
     """A worker's log-mel, or the reason there is none: one bad file must not stop a folder of thousands."""
     path, features = job
     try:
@@ -338,30 +346,15 @@ def check_output_path(path: Path) -> None:
     os.unlink(probe)
 
 
-def _temporary_name(path: Path) -> Path:
-    """Hidden, and not ending in .csv/.jsonl: a leftover never looks like a finished output."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def write_predictions(predictions: list[Prediction], classes: tuple[str, ...], path: Path) -> None:
-    """CSV or JSON lines, written under a temporary name and renamed: a crash leaves no partial file."""
+    """CSV or JSON lines, written atomically: a crash or a full disk leaves the previous file or none, never half."""
     path = Path(path)
-    tmp = _temporary_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            _write_rows(handle, predictions, classes, jsonl=path.suffix.lower() == ".jsonl")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise EmocliError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    buffer = io.StringIO(newline="")  # the csv module writes its own \r\n; nothing may translate it
+    _write_rows(buffer, predictions, classes, jsonl=path.suffix.lower() == ".jsonl")
+    write_bytes_atomic(path, buffer.getvalue().encode("utf-8"))
 
 
-def _write_rows(handle, predictions: list[Prediction], classes: tuple[str, ...], jsonl: bool) -> None:
+def _write_rows(handle: io.TextIOBase, predictions: list[Prediction], classes: tuple[str, ...], jsonl: bool) -> None:
     if jsonl:
         for p in predictions:
             handle.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")

@@ -162,7 +162,8 @@ def test_folder_with_sidecar_transcripts_writes_csv_with_every_class(run, inputs
     assert result.stderr == ""
     rows = read_rows(out)
     assert set(rows) == _wav_ids(inputs)  # recursive, ids are paths relative to the folder
-    assert list(next(iter(rows.values()))) == ["id", "file", "text", "label", "audio_only", *[f"p_{c}" for c in CLASSES]]
+    header = ["id", "file", "text", "label", "audio_only", *[f"p_{c}" for c in CLASSES]]
+    assert list(next(iter(rows.values()))) == header
     with_text = {p.relative_to(inputs).with_suffix(".wav").as_posix(): p for p in inputs.rglob("*.txt")}
     assert len(with_text) == N_WITH_TEXT
     for item_id, row in rows.items():
