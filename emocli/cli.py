@@ -349,14 +349,15 @@ def predict(
     show: int = typer.Option(50, "--show", min=0, help="Rows of the table printed (all go to --output)."),
 ) -> None:
     """Predict emotions for one recording (with --text) or a folder of recordings."""
-    from emocli.predict import Failure, Predictor, check_output_path, collect_inputs, feature_pool, write_predictions
+    from emocli.features import parallel_map
+    from emocli.predict import Failure, Predictor, check_output_path, collect_inputs, write_predictions
 
     if output is not None:
         check_output_path(output)
     items = collect_inputs(source, text, transcripts)
-    predictor = Predictor.from_run(run_dir, fold, device)
     predictions, failures = [], 0
-    with feature_pool(len(items)) as feature_map:
+    with parallel_map(len(items), chunksize=4) as feature_map:  # forked before torch loads the model
+        predictor = Predictor.from_run(run_dir, fold, device)
         for result in predictor.predict(items, batch_size, feature_map):
             if isinstance(result, Failure):
                 failures += 1

@@ -6,10 +6,14 @@ what the model was trained on.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
+import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -181,3 +185,33 @@ def tokenize(tokenizer, texts: list[str], max_tokens: int) -> tuple[np.ndarray, 
     ids = np.asarray(encoded["input_ids"], dtype=np.int32).reshape(len(texts), max_tokens)
     mask = np.asarray(encoded["attention_mask"], dtype=np.int8).reshape(len(texts), max_tokens)
     return ids, mask
+
+
+_SERIAL_BELOW = 8  # files: a process pool costs more than it saves on a handful
+
+
+@contextlib.contextmanager
+def parallel_map(n_items: int, workers: int = 0, chunksize: int = 8) -> Iterator:
+    """An ordered, lazy map over every core for feature extraction (plain `map` for a handful of items).
+
+    Shared by prepare and predict. Open it before loading torch or opening HDF5 files: workers are forked,
+    and neither an HDF5 handle nor a running thread pool may cross a fork.
+    """
+    n_workers = workers or os.cpu_count() or 1
+    if n_workers == 1 or n_items < _SERIAL_BELOW:
+        yield map
+        return
+    # fork: workers inherit the already-imported numpy/soundfile instead of importing them again.
+    with multiprocessing.get_context("fork").Pool(n_workers, initializer=_one_thread_per_worker) as pool:
+        yield lambda fn, jobs: pool.imap(fn, jobs, chunksize=chunksize)
+
+
+def _one_thread_per_worker() -> None:
+    """One BLAS/FFT thread per worker: the pool already uses every core."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass

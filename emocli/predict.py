@@ -9,7 +9,6 @@ rest goes on.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -37,7 +36,6 @@ DEVICES = ("auto", "cpu", "cuda")
 # Features of at most this many batches are held at once, so a folder of thousands of 15 s files never holds
 # every spectrogram in memory (a 128 x 1500 float32 log-mel is 0.75 MB).
 FEATURE_CHUNK_BATCHES = 8
-_SERIAL_BELOW = 8  # files: a process pool costs more than it saves on a handful
 
 FeatureMap = Callable[[Callable, Iterable], Iterable]  # `map`, or a process pool's ordered imap
 
@@ -304,22 +302,6 @@ def _safe_features(job: tuple[Path, FeatureConfig]) -> np.ndarray | str:
     except Exception as exc:  # a decoder's own error on a malformed file: still this file's problem only
         return f"cannot decode ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     return spec
-
-
-@contextlib.contextmanager
-def feature_pool(n_items: int, workers: int = 0) -> Iterator[FeatureMap]:
-    """Decode and compute features on every core for folders; plain map for a single file."""
-    import multiprocessing
-
-    from emocli.prepare import _limit_threads
-
-    n_workers = workers or os.cpu_count() or 1
-    if n_workers == 1 or n_items < _SERIAL_BELOW:
-        yield map
-        return
-    # fork: workers inherit the imported numpy/soundfile; they never touch torch, so its threads do not matter.
-    with multiprocessing.get_context("fork").Pool(n_workers, initializer=_limit_threads) as pool:
-        yield lambda fn, jobs: pool.imap(fn, jobs, chunksize=4)
 
 
 # --------------------------------------------------------------------------------------------- output

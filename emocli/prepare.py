@@ -6,9 +6,6 @@ set; an unchanged input is a cache hit that imports nothing heavy and returns in
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +16,11 @@ import numpy as np
 from emocli import cache
 from emocli.corpus.records import ReadReport, get_label_set
 from emocli.errors import AudioError, CacheError, CorpusError
-from emocli.features import FeatureConfig, audio_features, tokenize
+from emocli.features import FeatureConfig, audio_features, parallel_map, tokenize
 from emocli.text_model import DEFAULT_TEXT_MODEL, resolve_text_model, tokenizer_identity
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
 _MANIFEST_SUFFIXES = (".csv", ".tsv")
-_SERIAL_BELOW = 16  # utterances: a process pool costs more than it saves on a handful of files
 
 
 @dataclass(frozen=True)
@@ -139,7 +135,7 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
     failed: set[str] = set()
     # The pool is forked before the HDF5 file is opened (no HDF5 handle may cross a fork), and the lazy map
     # starts the workers before the tokenizer loads, so transformers' import overlaps feature extraction.
-    with _feature_map(config.workers, len(jobs)) as feature_map:
+    with parallel_map(len(jobs), config.workers) as feature_map:
         results = feature_map(_extract_one, jobs)
         ids, masks = tokenize(load_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
         writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)
@@ -178,26 +174,3 @@ def _extract_one(job: tuple[str, FeatureConfig]) -> tuple[np.ndarray | None, flo
     except AudioError as exc:
         return None, 0.0, str(exc)
     return spec.astype(np.float16), duration, None  # float16 halves what crosses the process boundary
-
-
-@contextlib.contextmanager
-def _feature_map(workers: int, n_jobs: int):
-    """An ordered map over every core (or plain `map` for a handful of files)."""
-    n_workers = workers or os.cpu_count() or 1
-    if n_workers == 1 or n_jobs < _SERIAL_BELOW:
-        yield map
-        return
-    # fork: workers inherit the already-imported numpy/librosa instead of importing them again.
-    with multiprocessing.get_context("fork").Pool(n_workers, initializer=_limit_threads) as pool:
-        yield lambda fn, jobs: pool.imap(fn, jobs, chunksize=8)
-
-
-def _limit_threads() -> None:
-    """One BLAS/FFT thread per worker: the pool already uses every core."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:
-        pass

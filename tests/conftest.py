@@ -10,6 +10,18 @@ TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, int
                  max_position_embeddings=128)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: under `pytest -n 2` on two cores, two threads per worker spin against each other and
+    run 5-10x slower (subprocesses get OMP_NUM_THREADS=1 for the same reason, and the same numbers)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory):
     """A real, tiny, randomly initialised BERT (hidden 32, 2 layers) with MiniLM's tokenizer, as a local folder."""

@@ -1,6 +1,5 @@
 """The HDF5 cache: round trip, fingerprint, refusal of foreign or damaged files, atomic commit."""
 
-import os
 from pathlib import Path
 
 import h5py

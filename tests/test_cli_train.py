@@ -18,16 +18,6 @@ runner = CliRunner()
 TINY = ["--audio-width", "0.0625", "--freeze-text", "--batch-size", "8", "--lr", "3e-3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cache_path(tiny_bert_dir, tmp_path_factory) -> Path:
     return make_cache(tmp_path_factory.mktemp("cli-cache") / "cache.h5", tiny_bert_dir)

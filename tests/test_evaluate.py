@@ -25,17 +25,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY_TRAIN = TrainConfig(repeats=2, epochs=2, batch_size=8, lr=3e-3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread, as in test_train: two threads per worker on two cores spin against each other."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_cache(tiny_bert_dir, tmp_path_factory) -> Path:
     return make_cache(tmp_path_factory.mktemp("cache") / "cache.h5", tiny_bert_dir)

@@ -1,6 +1,5 @@
 """The shared preprocessing path: decoding any audio, the log-mel, tokenisation."""
 
-from pathlib import Path
 
 import librosa
 import numpy as np

@@ -34,17 +34,6 @@ CLASSES = ("ang", "hap", "sad", "neu")
 N_WITH_TEXT = 6  # of the input folder's files, these have a <name>.txt beside them
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: two cores shared by pytest workers run many times slower with more."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------------------------- fixtures
 
 

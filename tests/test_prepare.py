@@ -5,9 +5,7 @@ The reader's counts are checked against the generator's own truth, never against
 
 import json
 import os
-import shutil
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -82,18 +82,6 @@ def model_config(bert_dir: Path, **overrides) -> ModelConfig:
 REF_TRAIN = TrainConfig(repeats=2, epochs=4, batch_size=8, lr=3e-3, step_size=3, gamma=0.5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: under `pytest -n 2` on two cores, two threads per worker spin against each other and
-    run 5-10x slower. Subprocesses get OMP_NUM_THREADS=1 for the same reason (and the same numbers)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_cache(tiny_bert_dir, tmp_path_factory) -> Path:
     return make_cache(tmp_path_factory.mktemp("cache") / "cache.h5", tiny_bert_dir)
