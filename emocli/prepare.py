@@ -138,7 +138,10 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
     with parallel_map(len(jobs), config.workers) as feature_map:
         results = feature_map(_extract_one, jobs)
         ids, masks = tokenize(load_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
-        writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)
+        try:
+            writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)
+        except OSError as exc:
+            raise CacheError(f"cannot create the cache beside {cache_path}: {exc.strerror or exc}") from None
         try:
             for i, (spec, duration, error) in enumerate(results):
                 utt = utterances[i]
@@ -155,6 +158,10 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
             report.utterances = [u for u in utterances if u.utt_id not in failed]
             summary = report.summary()
             writer.commit(inputs, summary)
+        except OSError as exc:  # a full disk, most often: the previous cache is untouched until the rename
+            writer.abort()
+            raise CacheError(f"cannot write the cache {cache_path}: {exc.strerror or exc}; the previous cache, "
+                             f"if any, is intact") from None
         except BaseException:
             writer.abort()  # KeyboardInterrupt included: never leave a half-written file behind
             raise

@@ -175,3 +175,20 @@ def test_default_text_model_is_the_offline_minilm(corpus, tmp_path):
     meta = cache.read_meta(tmp_path / "c.h5")
     assert meta.inputs["tokenizer"]["name"] == "all-MiniLM-L6-v2" and meta.inputs["tokenizer"]["model_type"] == "bert"
     assert result.summary["utterances"] > 0
+
+
+def test_full_disk_during_write_keeps_previous_cache(corpus, tmp_path, tiny_bert_dir, monkeypatch):
+    cache_path = tmp_path / "c.h5"
+    config = PrepareConfig(text_model=str(tiny_bert_dir), features=SMALL)
+    prepare(corpus.archive, cache_path, config)
+    before = cache_path.read_bytes()
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache.CacheWriter, "commit", disk_full)
+    line = _one_error_line(runner.invoke(app, ["prepare", str(corpus.archive), "--cache", str(cache_path),
+                                               "--text-model", str(tiny_bert_dir), "--n-mels", "80"]))
+    assert "No space left on device" in line and "intact" in line
+    assert cache_path.read_bytes() == before
+    assert not list(tmp_path.glob(".c.h5.tmp-*"))
