@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -16,8 +17,10 @@ from emocli.errors import EmocliError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Speech emotion recognition from audio and transcript (BERT + ModifiedAlexNet fusion).")
-out = Console()
-err = Console(stderr=True)
+# Piped output (CI logs, `make demo | tee`) gets room for the wide tables instead of rich's 80 columns.
+_PIPED_WIDTH = 120
+out = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
 
 
 def handles_errors(command: Callable) -> Callable:
