@@ -43,6 +43,7 @@ FORMAT_VERSION = 1
 _MARKER = "emocli_run"
 _CHECKPOINT_KEY = "emocli_checkpoint"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 # Train settings that say where a run executes, not what it computes: a run may resume elsewhere.
 _WHERE_NOT_WHAT = ("device",)
 
@@ -86,11 +87,14 @@ class RunConfig:
             raise CheckpointError(f"{where} has run format {version}, this emocli reads {FORMAT_VERSION}; retrain "
                                   f"with this version or use the emocli that made it ({data.get('emocli_version')})")
         try:
-            return cls(model=ModelConfig.from_json(data["model"]), train=dict(data["train"]),
-                       features=FeatureConfig.from_json(data["features"]),
-                       label_set=LabelSet.from_json(data["label_set"]), tokenizer=dict(data["tokenizer"]),
-                       cache_fingerprint=str(data["cache_fingerprint"]), folds=tuple(data["folds"]),
-                       emocli_version=str(data["emocli_version"]), format_version=int(version))
+            config = cls(model=ModelConfig.from_json(data["model"]), train=dict(data["train"]),
+                         features=FeatureConfig.from_json(data["features"]),
+                         label_set=LabelSet.from_json(data["label_set"]), tokenizer=dict(data["tokenizer"]),
+                         cache_fingerprint=str(data["cache_fingerprint"]), folds=tuple(data["folds"]),
+                         emocli_version=str(data["emocli_version"]), format_version=int(version))
+            if not all(isinstance(name, str) for name in config.folds + config.classes):
+                raise TypeError("fold and class names must be strings")  # they become paths and table keys
+            return config
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{where} is incomplete or damaged ({type(exc).__name__}: {exc}); "
                                   f"retrain into a new --run") from None
@@ -138,8 +142,19 @@ def _read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing; the run is incomplete — rerun `emocli train` on it") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise CheckpointError(f"{path} is not readable JSON ({exc}); the run is damaged") from None
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """The records of a JSON-lines file, each an object holding `required`; CheckpointError for anything else."""
+    try:
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path} is not readable JSON lines ({exc}); the run is damaged") from None
+    if not all(isinstance(r, dict) and all(k in r for k in required) for r in records):
+        raise CheckpointError(f"{path} holds a record without {', '.join(required)}; the run is damaged")
+    return records
 
 
 def _refuse_pickles(folder: Path, expected: Path) -> None:
@@ -200,7 +215,7 @@ class Fold:
 
     def read_metrics(self) -> list[dict]:
         path = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        return _read_jsonl(path, ("epoch",)) if path.is_file() else []
 
     # checkpoint
     def save_checkpoint(self, tensors: dict, state: dict) -> None:
@@ -238,7 +253,10 @@ class Fold:
         path = self.path / "predictions.jsonl"
         if not path.is_file():
             raise CheckpointError(f"{path} is missing; fold {self.name} has not finished — rerun `emocli train`")
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = _read_jsonl(path, ("true", "pred"))
+        if not rows:
+            raise CheckpointError(f"{path} is empty; fold {self.name} is damaged — retrain it into a new --run")
+        return rows
 
 
 class Run:
@@ -393,6 +411,9 @@ def load_model(run_dir: Path, fold: str | None = None, device: str = "cpu"):
 
     run = open_run(run_dir)
     config = run.config
+    if not config.folds:
+        raise CheckpointError(f"{run.path / 'config.json'} lists no folds; the run is damaged — retrain into a new "
+                              f"--run")
     name = fold if fold is not None else config.folds[0]
     fold_obj = run.fold(name)
     if fold_obj.result() is None:
@@ -420,10 +441,19 @@ def _load_text_side(text_dir: Path) -> tuple[dict, object]:
 
     hf_logging.set_verbosity_error()
     hf_config = _read_json(text_dir / "config.json")
+    # Without its vocabulary transformers builds a tokenizer of a few special tokens that maps every word to
+    # [UNK], without a word of warning: refuse that rather than predict from nothing.
+    if not any((text_dir / name).is_file() for name in _VOCABULARY_FILES):
+        raise CheckpointError(f"{text_dir} has no tokenizer vocabulary ({' or '.join(_VOCABULARY_FILES[:2])}); the "
+                              f"run is incomplete — retrain into a new --run")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(text_dir), local_files_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot load the tokenizer saved in {text_dir}: {exc}".splitlines()[0]) from None
+    vocab_size = hf_config.get("vocab_size") if isinstance(hf_config, dict) else None
+    if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:  # ids past the embedding table
+        raise CheckpointError(f"the tokenizer saved in {text_dir} has {len(tokenizer)} tokens, its encoder only "
+                              f"{vocab_size}; the run is damaged — retrain into a new --run")
     return hf_config, tokenizer
 
 

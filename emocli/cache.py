@@ -6,7 +6,7 @@ Layout (FORMAT_VERSION 1), N utterances, F total frames:
     input_ids       int32   (N, L)        token ids padded to the fixed length L = max_tokens
     attention_mask  int8    (N, L)
     labels          int64   (N,)          index into attrs["label_set"]["classes"]
-    durations       float32 (N,)          seconds of audio before truncation
+    durations       float32 (N,)          seconds of audio used, at most max_seconds (longer files are read no further)
     utt_ids, speakers, sessions, texts, raw_labels, audio_paths   utf-8 strings (N,)
     attrs: format_version, fingerprint, and the JSON of every input that produced it.
 One contiguous `spec` lets training read the whole corpus in a single read; no per-utterance file is opened.

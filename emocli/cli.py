@@ -11,7 +11,9 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from emocli.errors import EmocliError
 
@@ -19,8 +21,16 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Speech emotion recognition from audio and transcript (BERT + ModifiedAlexNet fusion).")
 # Piped output (CI logs, `make demo | tee`) gets room for the wide tables instead of rich's 80 columns.
 _PIPED_WIDTH = 120
-out = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
+# No markup by default: file names, transcripts and ids are printed as they are ("[/]" in a transcript is text,
+# not a closing tag that crashes rich); the few styled prefixes below ask for markup and escape what they embed.
+out = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH, markup=False)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH, markup=False)
+# A line break inside a file name, id or transcript would split one problem over several lines: escaped instead.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(text: object) -> str:
+    return str(text).translate(_LINE_BREAKS)
 
 
 def handles_errors(command: Callable) -> Callable:
@@ -31,7 +41,7 @@ def handles_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except EmocliError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(one_line(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing already written was changed", highlight=False)
@@ -41,8 +51,8 @@ def handles_errors(command: Callable) -> Callable:
         except Exception as exc:  # a bug of ours: still one line, with a way to see the traceback
             if os.environ.get("EMOCLI_DEBUG"):
                 raise
-            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with EMOCLI_DEBUG=1 for "
-                      f"the traceback and report it)", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(one_line(exc))} (rerun with "
+                      f"EMOCLI_DEBUG=1 for the traceback and report it)", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -105,7 +115,7 @@ def prepare(
     with _progress() as callback:
         result = run_prepare(source, cache_path, config, workdir, progress=callback)
     for line in result.problems[:20]:
-        err.print(f"skipped {line}", highlight=False, soft_wrap=True)
+        err.print(f"skipped {one_line(line)}", highlight=False, soft_wrap=True)
     if len(result.problems) > 20:
         err.print(f"... and {len(result.problems) - 20} more skipped (see --json for all)", highlight=False)
     _print_prepare_summary(result)
@@ -210,7 +220,7 @@ def train(
     main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank:
         for line in protocol_warnings(train_config):
-            err.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+            err.print(f"[yellow]warning:[/] {escape(one_line(line))}", markup=True, highlight=False, soft_wrap=True)
     if as_json or not main_rank:
         summary = run_training(cache_path, run_dir, model_config, train_config)
     else:
@@ -279,7 +289,8 @@ def evaluate(
         return
     print_eval_report(report)
     if report.unfinished:
-        err.print(f"[yellow]warning:[/] left out unfinished fold(s): {', '.join(report.unfinished)}", highlight=False)
+        err.print(f"[yellow]warning:[/] left out unfinished fold(s): {escape(', '.join(report.unfinished))}",
+                  markup=True, highlight=False)
     out.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
 
 
@@ -301,7 +312,7 @@ def print_eval_report(report) -> None:
     confusion.add_column("precision", justify="right")
     confusion.add_column("recall", justify="right")
     for i, (cls, name) in enumerate(zip(report.classes, names)):
-        cells = [f"[bold]{v:.1f}[/]" if j == i else f"{v:.1f}" for j, v in enumerate(m["confusion"][i])]
+        cells = [Text(f"{v:.1f}", style="bold" if j == i else "") for j, v in enumerate(m["confusion"][i])]
         confusion.add_row(name, *cells, f"{100 * m['precision'][cls]:.1f}", f"{100 * m['recall'][cls]:.1f}")
     out.print(confusion)
 
@@ -364,7 +375,7 @@ def predict(
         for result in predictor.predict(items, batch_size, feature_map):
             if isinstance(result, Failure):
                 failures += 1
-                err.print(f"skipped {result.id}: {result.reason}", highlight=False, soft_wrap=True)
+                err.print(f"skipped {one_line(result.id)}: {one_line(result.reason)}", highlight=False, soft_wrap=True)
             else:
                 predictions.append(result)
     if output is not None:  # even when every file failed: an older file must not stay looking current

@@ -71,12 +71,15 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE_HZ, max_seconds: float
             audio = handle.read(frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError for odd headers
         audio, native_rate = _load_with_librosa(path, max_seconds, exc)
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1)  # stereo and multichannel are averaged to mono
     if audio.size == 0:
         raise AudioError(f"{path}: no samples (header only)")
     if not np.all(np.isfinite(audio)):
         raise AudioError(f"{path}: contains NaN or infinite samples; re-export it as PCM")
+    # Float files may exceed full scale; clipped per channel first, since mixing or resampling such values can
+    # overflow float32 into inf and NaN. A no-op for PCM, which never exceeds it.
+    audio = np.clip(audio, -1.0, 1.0)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)  # stereo and multichannel are averaged to mono
     if native_rate != sample_rate:
         import librosa
 
@@ -169,7 +172,7 @@ def log_mel(audio: np.ndarray, config: FeatureConfig) -> np.ndarray:
 
 
 def audio_features(path: Path, config: FeatureConfig) -> tuple[np.ndarray, float]:
-    """The log-mel of one file and its duration in seconds before truncation (for reports)."""
+    """The log-mel of one file and the seconds of audio it was computed from (at most `max_seconds`)."""
     audio = load_audio(path, config.sample_rate, max_seconds=None if config.max_seconds <= 0 else config.max_seconds,
                        min_seconds=config.min_seconds, silence_peak=config.silence_peak)
     return log_mel(audio, config), audio.size / config.sample_rate

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from emocli import cache
-from emocli.corpus.records import ReadReport, get_label_set
+from emocli.corpus.records import LabelSet, ReadReport, get_label_set
 from emocli.errors import AudioError, CacheError, CorpusError
 from emocli.features import FeatureConfig, audio_features, parallel_map, tokenize
 from emocli.text_model import DEFAULT_TEXT_MODEL, resolve_text_model, tokenizer_identity
@@ -60,7 +60,7 @@ def prepare(source: Path, cache_path: Path, config: PrepareConfig = PrepareConfi
         "tokenizer": {"name": text_ref.name, "identity": tokenizer_identity(text_ref), "model_type": text_ref.model_type},
         "label_set": label_set.to_json(),
         "reader": {"kind": _source_kind(source), "tags": config.tags},
-        "source": source_identity(source),
+        "source": source_identity(source, label_set),
     }
     digest = cache.fingerprint(inputs)
     hit = _cache_hit(cache_path, digest)
@@ -94,19 +94,29 @@ def _source_kind(source: Path) -> str:
     return "manifest" if source.is_file() and source.suffix.lower() in _MANIFEST_SUFFIXES else "iemocap"
 
 
-def source_identity(source: Path) -> dict:
-    """What the fingerprint knows of the source: an archive's size and mtime; a folder's relevant files."""
+def source_identity(source: Path, label_set: LabelSet | None = None) -> dict:
+    """What the fingerprint knows of the source: an archive's size and mtime; a folder's relevant files; a
+    manifest's size and mtime and those of every audio file it names (a replaced wav must rebuild too)."""
+    import hashlib
+    import json
+
     source = source.resolve()
     if source.is_file():
         stat = source.stat()
-        return {"path": str(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        identity = {"path": str(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if _source_kind(source) == "manifest":
+            from emocli.corpus.manifest import read_manifest
+
+            report = read_manifest(source, label_set or get_label_set("4class"))
+            listing = [(str(u.audio_path), s.st_size, s.st_mtime_ns) for u in report.utterances
+                       for s in [u.audio_path.stat()]]
+            # The rows skipped for a missing file count too: the file appearing later must rebuild.
+            identity["audio_sha256"] = hashlib.sha256(json.dumps([listing, report.problems]).encode()).hexdigest()
+        return identity
     from emocli.corpus.iemocap import source_files
 
     listing = [(str(p.relative_to(source)), s.st_size, s.st_mtime_ns)
                for p in source_files(source) for s in [p.stat()]]
-    import hashlib
-    import json
-
     return {"path": str(source), "files": len(listing),
             "listing_sha256": hashlib.sha256(json.dumps(sorted(listing)).encode()).hexdigest()}
 

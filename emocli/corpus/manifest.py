@@ -144,9 +144,13 @@ def _row(row: list[str], columns: dict[str, int], width: int, folder: Path, labe
         raise _BadRow("empty path")
     audio = Path(written)
     audio = Path(os.path.abspath(audio if audio.is_absolute() else folder / audio))
-    if not audio.is_file():
+    try:
+        size = audio.stat().st_size if audio.is_file() else None
+    except OSError as e:  # a name too long for the filesystem, a folder that may not be searched
+        raise _BadRow(f"audio file {written[:80]!r} cannot be read ({e.strerror or e})") from None
+    if size is None:
         raise _BadRow(f"audio file {written!r} not found")
-    if audio.stat().st_size == 0:
+    if size == 0:
         raise _BadRow(f"audio file {written!r} is empty (0 bytes)")
     return Utterance(utt_id=_field(row, columns, "id") or _default_id(audio, folder), audio_path=audio,
                      text=" ".join(_field(row, columns, "text").split()), label=label, raw_label=raw_label,

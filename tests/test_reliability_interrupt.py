@@ -1,0 +1,296 @@
+"""Interruptions: `emocli prepare` killed with SIGKILL at each stage of its work, and a disk that fills up while
+`emocli train` writes. After each, the previous cache or run is intact (or absent), and the next run leaves no
+temporary file behind and ends exactly where an uninterrupted run does.
+
+kill -9 of `train` mid-epoch, with identical numbers after the rerun, is tests/test_train.py's
+test_kill_9_then_rerun_gives_identical_numbers; a full disk while `prepare` writes is test_prepare.py's.
+
+Each kill point is hit deterministically without a hook in the product: a small driver runs the real CLI in its own
+process with one library function wrapped so the process stops itself (SIGSTOP) at that point; the test looks at
+the disk while it is frozen, then kills it with SIGKILL, which no handler can intercept or clean up after.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from emocli import atomic, bundle
+from emocli.features import FeatureConfig
+from emocli.prepare import PrepareConfig, prepare
+from emocli.synth import SynthConfig, synthesize
+from test_reliability_common import (cache_content, children, cli, kill_9, lines, no_traceback, process_state, spawn,
+                                     temporaries, wait_stopped, wait_until)
+from test_train import make_cache, numbers
+
+N_MELS = 64
+DRIVER = '''
+"""`emocli ARGS...`, stopping itself (SIGSTOP) at one point of prepare: argv = POINT N ARGS..."""
+import inspect, os, signal, sys
+
+point, nth = sys.argv[1], int(sys.argv[2])
+sys.argv = ["emocli", *sys.argv[3:]]
+calls = 0
+
+
+def reached():
+    global calls
+    calls += 1
+    return calls == nth
+
+
+if point == "unpack":  # after the nth member was copied into the temporary extraction folder
+    from emocli.corpus import archive
+
+    copy = archive._copy_member
+
+    def copy_then_stop(*args):
+        copy(*args)
+        if reached():
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    archive._copy_member = copy_then_stop
+elif point in ("features", "features-pool"):  # before the nth utterance's log-mel; a pool worker stops its parent
+    from emocli import prepare
+
+    extract = prepare._extract_one
+
+    def stop_then_extract(job):
+        if reached():
+            os.kill(os.getppid() if point == "features-pool" else os.getpid(), signal.SIGSTOP)
+        return extract(job)
+
+    prepare._extract_one = stop_then_extract
+elif point == "commit":  # inside CacheWriter.commit: every dataset written, no attribute yet
+    from emocli import cache
+
+    digest = cache.fingerprint
+
+    def stop_in_commit(inputs):
+        if inspect.currentframe().f_back.f_code.co_name == "commit":
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return digest(inputs)
+
+    cache.fingerprint = stop_in_commit
+elif point == "rename":  # the temporary cache complete and synced, not yet renamed over the old one
+    replace = os.replace
+
+    def stop_then_replace(src, dst):
+        if str(dst).endswith(".h5"):
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return replace(src, dst)
+
+    os.replace = stop_then_replace
+from emocli.cli import main
+
+main()
+'''
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("synth"), SynthConfig(per_class=5, seed=7, mean_seconds=0.6))
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("driver") / "stop_at.py"
+    path.write_text(DRIVER)
+    return path
+
+
+def _config(bert: Path, n_mels: int = N_MELS) -> PrepareConfig:
+    return PrepareConfig(text_model=str(bert), features=FeatureConfig(n_mels=n_mels), workers=1)
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tiny_bert_dir, tmp_path_factory) -> dict:
+    """The cache an uninterrupted run makes, with the same settings as `_args`."""
+    path = tmp_path_factory.mktemp("reference") / "c.h5"
+    prepare(corpus.archive, path, _config(tiny_bert_dir))
+    return cache_content(path)
+
+
+@pytest.fixture(scope="module")
+def older_cache(corpus, tiny_bert_dir, tmp_path_factory) -> bytes:
+    """A valid cache made with other settings: what a killed rebuild must leave byte for byte."""
+    path = tmp_path_factory.mktemp("older") / "c.h5"
+    prepare(corpus.archive, path, _config(tiny_bert_dir, n_mels=80))
+    return path.read_bytes()
+
+
+def _args(corpus, cache_path: Path, bert: Path, workers: int = 1) -> list:
+    return ["prepare", corpus.archive, "--cache", cache_path, "--text-model", bert, "--n-mels", N_MELS,
+            "--workers", workers, "--json"]
+
+
+def _rerun_matches_reference(corpus, folder: Path, bert: Path, reference: dict) -> None:
+    """The next run: exit 0, a fresh build identical to the uninterrupted one, and no temporary file anywhere."""
+    result = cli(*_args(corpus, folder / "c.h5", bert))
+    assert result.exit_code == 0, result.stderr
+    no_traceback(result)
+    assert json.loads(result.stdout)["cache_hit"] is False
+    assert cache_content(folder / "c.h5") == reference
+    assert temporaries(folder) == []
+
+
+# --------------------------------------------------------------------------------------------- kill -9 of prepare
+
+
+# (point, nth call, whether a valid older cache sits at the target, what must exist while frozen there)
+KILL_POINTS = [
+    ("unpack", 3, False, "extraction"),
+    ("unpack", 3, True, "extraction"),
+    ("features", 5, True, "cache tmp"),
+    ("commit", 1, False, "cache tmp"),
+    ("rename", 1, True, "cache tmp"),
+]
+
+
+@pytest.mark.parametrize("point, nth, older, frozen_with", KILL_POINTS,
+                         ids=[f"{p}-{'older' if o else 'none'}" for p, _, o, _ in KILL_POINTS])
+def test_kill_9_of_prepare_leaves_old_cache_or_none_and_rerun_is_identical(
+        corpus, driver, tiny_bert_dir, reference, older_cache, tmp_path, point, nth, older, frozen_with):
+    target = tmp_path / "c.h5"
+    if older:
+        target.write_bytes(older_cache)
+    proc = spawn(driver, point, nth, *_args(corpus, target, tiny_bert_dir))
+    try:
+        wait_stopped(proc)
+        work = tmp_path / ".emocli-work"
+        if frozen_with == "extraction":  # members half unpacked, nothing final yet
+            (partial,) = work.glob("extract-*.tmp")
+            assert any(p.is_file() for p in partial.rglob("*.wav"))
+            assert not [p for p in work.glob("extract-*") if p.is_dir() and not p.name.endswith(".tmp")]
+        else:
+            assert list(tmp_path.glob(".c.h5.tmp-*"))
+    finally:
+        kill_9(proc)
+    if older:
+        assert target.read_bytes() == older_cache
+    else:
+        assert not target.exists()
+    _rerun_matches_reference(corpus, tmp_path, tiny_bert_dir, reference)
+
+
+def test_kill_9_while_pool_workers_extract_features(corpus, driver, tiny_bert_dir, reference, older_cache, tmp_path):
+    """The main process killed while two forked workers compute features: the workers exit on their own."""
+    target = tmp_path / "c.h5"
+    target.write_bytes(older_cache)
+    proc = spawn(driver, "features-pool", 2, *_args(corpus, target, tiny_bert_dir, workers=2))
+    try:
+        wait_stopped(proc)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+    finally:
+        kill_9(proc)
+    wait_until(lambda: all(process_state(pid) in ("", "Z") for pid in workers), timeout=30, step=0.05)
+    assert target.read_bytes() == older_cache
+    _rerun_matches_reference(corpus, tmp_path, tiny_bert_dir, reference)
+
+
+def test_kill_9_when_the_temporary_cache_appears(corpus, tiny_bert_dir, reference, older_cache, tmp_path):
+    """No instrumentation at all: the plain CLI, killed the moment its temporary cache file shows up."""
+    target = tmp_path / "c.h5"
+    target.write_bytes(older_cache)
+    proc = spawn("-m", "emocli", *_args(corpus, target, tiny_bert_dir))
+    try:
+        wait_until(lambda: any(tmp_path.glob(".c.h5.tmp-*")), proc=proc, timeout=90)
+    finally:
+        kill_9(proc)
+    assert target.read_bytes() == older_cache
+    _rerun_matches_reference(corpus, tmp_path, tiny_bert_dir, reference)
+
+
+# --------------------------------------------------------------------------------------------- a full disk in train
+
+
+TRAIN_ARGS = ["--repeats", "1", "--epochs", "3", "--batch-size", "8", "--lr", "3e-3", "--audio-width", "0.0625",
+              "--freeze-text", "--json"]
+
+
+class FullDisk:
+    """`open` for emocli.atomic that fails the `nth` write of one file half-way with ENOSPC, as a full disk does,
+    after noting what the file held before."""
+
+    def __init__(self, run: Path, relative: str, nth: int):
+        self.target, self.nth, self.calls, self.before = run / relative, nth, 0, None
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        handle = builtins.open(file, mode, *args, **kwargs)
+        path = Path(file)
+        if "w" in mode and path.parent == self.target.parent and path.name.startswith(f".{self.target.name}.tmp-"):
+            self.calls += 1
+            if self.calls == self.nth:
+                self.before = self.target.read_bytes() if self.target.exists() else None
+                return _FailingWrites(handle)
+        return handle
+
+
+class _FailingWrites:
+    def __init__(self, handle):
+        self._handle = handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()
+
+    def write(self, data: bytes) -> int:
+        self._handle.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.fixture(scope="module")
+def train_cache(tiny_bert_dir, tmp_path_factory) -> Path:
+    return make_cache(tmp_path_factory.mktemp("train-cache") / "cache.h5", tiny_bert_dir)
+
+
+@pytest.fixture(scope="module")
+def train_reference(train_cache, tmp_path_factory) -> dict:
+    run = tmp_path_factory.mktemp("train-reference") / "run"
+    result = cli("train", train_cache, "--run", run, *TRAIN_ARGS)
+    assert result.exit_code == 0, result.stderr
+    return numbers(run)
+
+
+@pytest.mark.parametrize("relative, nth", [
+    ("folds/random-0/checkpoint/checkpoint.safetensors", 2),  # the second epoch's checkpoint
+    ("folds/random-0/metrics.jsonl", 3),  # written at the fold's start, then after each epoch
+    ("folds/random-0/model.safetensors", 1),  # the final weights
+    ("summary.json", 1),
+], ids=["checkpoint", "metrics", "final-weights", "summary"])
+def test_full_disk_while_training_keeps_the_previous_file_says_so_and_resumes_identically(
+        train_cache, train_reference, tmp_path, monkeypatch, relative, nth):
+    run = tmp_path / "run"
+    full = FullDisk(run, relative, nth)
+    monkeypatch.setattr(atomic, "open", full, raising=False)
+    result = cli("train", train_cache, "--run", run, *TRAIN_ARGS)
+    monkeypatch.undo()
+    assert full.calls == nth
+    errors = [line for line in lines(result.stderr) if not line.startswith("warning:")]
+    assert result.exit_code == 1 and len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"error: cannot write {run / relative}: No space left on device; the previous "
+                                f"version, if any, is intact"), errors[0]
+    no_traceback(result)
+    target = run / relative
+    assert (target.read_bytes() if target.exists() else None) == full.before
+    assert temporaries(run) == []
+    if relative.endswith("checkpoint.safetensors"):
+        _, state = bundle.open_run(run).fold("random-0").load_checkpoint()
+        assert state["epoch"] == 1  # the previous checkpoint, whole and loadable
+
+    again = cli("train", train_cache, "--run", run, *TRAIN_ARGS)
+    assert again.exit_code == 0, again.stderr
+    no_traceback(again)
+    assert numbers(run) == train_reference
+    assert temporaries(run) == []
+
