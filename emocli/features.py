@@ -10,6 +10,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -205,12 +206,14 @@ def parallel_map(n_items: int, workers: int = 0, chunksize: int = 8) -> Iterator
         yield map
         return
     # fork: workers inherit the already-imported numpy/soundfile instead of importing them again.
-    with multiprocessing.get_context("fork").Pool(n_workers, initializer=_one_thread_per_worker) as pool:
+    with multiprocessing.get_context("fork").Pool(n_workers, initializer=_init_worker) as pool:
         yield lambda fn, jobs: pool.imap(fn, jobs, chunksize=chunksize)
 
 
-def _one_thread_per_worker() -> None:
-    """One BLAS/FFT thread per worker: the pool already uses every core."""
+def _init_worker() -> None:
+    """One BLAS/FFT thread per worker: the pool already uses every core. Ctrl-C (SIGINT to the whole process group)
+    is the parent's to handle: it stops the pool, while an interrupted worker would print its own traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         from threadpoolctl import threadpool_limits

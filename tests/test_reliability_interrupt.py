@@ -15,6 +15,9 @@ from __future__ import annotations
 import builtins
 import errno
 import json
+import os
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -23,8 +26,8 @@ from emocli import atomic, bundle
 from emocli.features import FeatureConfig
 from emocli.prepare import PrepareConfig, prepare
 from emocli.synth import SynthConfig, synthesize
-from test_reliability_common import (cache_content, children, cli, kill_9, lines, no_traceback, process_state, spawn,
-                                     temporaries, wait_stopped, wait_until)
+from test_reliability_common import (assert_refused, cache_content, children, cli, kill_9, lines, no_traceback,
+                                     process_state, spawn, temporaries, wait_stopped, wait_until)
 from test_train import make_cache, numbers
 
 N_MELS = 64
@@ -209,6 +212,33 @@ def test_kill_9_when_the_temporary_cache_appears(corpus, tiny_bert_dir, referenc
     _rerun_matches_reference(corpus, tmp_path, tiny_bert_dir, reference)
 
 
+@pytest.mark.parametrize("point, nth, workers", [("unpack", 3, 1), ("commit", 1, 1), ("features-pool", 2, 2)],
+                         ids=["unpack", "commit", "pool-workers"])
+def test_ctrl_c_of_prepare_is_one_line_exit_130_and_cleans_up(corpus, driver, tiny_bert_dir, older_cache, tmp_path,
+                                                               point, nth, workers):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: unlike SIGKILL it can be handled, so the
+    half-unpacked folder and the temporary cache are removed on the spot, the pool's workers go quietly, and the
+    user reads one line."""
+    target = tmp_path / "c.h5"
+    target.write_bytes(older_cache)
+    proc = spawn(driver, point, nth, *_args(corpus, target, tiny_bert_dir, workers), new_session=True)
+    try:
+        wait_stopped(proc)
+        pool = children(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)  # the stopped main process takes it on resuming, inside the stopped call
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and out == ""
+    assert lines(err) == ["interrupted; nothing already written was changed"], err
+    assert target.read_bytes() == older_cache
+    assert temporaries(tmp_path) == []
+    wait_until(lambda: all(process_state(pid) in ("", "Z") for pid in pool), timeout=30, step=0.05)
+
+
 # --------------------------------------------------------------------------------------------- a full disk in train
 
 
@@ -255,11 +285,16 @@ def train_cache(tiny_bert_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def train_reference(train_cache, tmp_path_factory) -> dict:
+def train_reference_run(train_cache, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("train-reference") / "run"
     result = cli("train", train_cache, "--run", run, *TRAIN_ARGS)
     assert result.exit_code == 0, result.stderr
-    return numbers(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def train_reference(train_reference_run) -> dict:
+    return numbers(train_reference_run)
 
 
 @pytest.mark.parametrize("relative, nth", [
@@ -294,3 +329,27 @@ def test_full_disk_while_training_keeps_the_previous_file_says_so_and_resumes_id
     assert numbers(run) == train_reference
     assert temporaries(run) == []
 
+
+
+def test_full_disk_while_eval_or_predict_write_keeps_the_previous_output(train_reference_run, tmp_path, monkeypatch):
+    import soundfile as sf
+
+    from test_reliability_common import tone
+
+    run = Path(shutil.copytree(train_reference_run, tmp_path / "run"))
+    assert cli("eval", run).exit_code == 0
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, tone(1.0), 16_000, subtype="PCM_16")
+    output = tmp_path / "predictions.csv"
+    assert cli("predict", run, wav, "--output", output).exit_code == 0
+    for relative, command in (("metrics.json", ("eval", run)), ("predictions.csv", ("predict", run, wav, "--output",
+                                                                                      output))):
+        target = run / relative if relative == "metrics.json" else output
+        before = target.read_bytes()
+        full = FullDisk(target.parent, target.name, 1)
+        monkeypatch.setattr(atomic, "open", full, raising=False)
+        result = cli(*command)
+        monkeypatch.undo()
+        assert full.calls == 1 and full.before == before
+        assert_refused(result, f"cannot write {target}: No space left on device", "intact")
+        assert target.read_bytes() == before and temporaries(tmp_path) == []
