@@ -210,10 +210,17 @@ def parallel_map(n_items: int, workers: int = 0, chunksize: int = 8) -> Iterator
         yield lambda fn, jobs: pool.imap(fn, jobs, chunksize=chunksize)
 
 
+def _exit_on_terminate(signum, frame) -> None:
+    """SIGTERM (the pool's terminate) unwinds the worker instead of killing it outright: a worker killed while
+    writing a result would hold the result queue's lock forever, and terminate() would wait on it forever."""
+    raise SystemExit(0)
+
+
 def _init_worker() -> None:
     """One BLAS/FFT thread per worker: the pool already uses every core. Ctrl-C (SIGINT to the whole process group)
     is the parent's to handle: it stops the pool, while an interrupted worker would print its own traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_terminate)
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         from threadpoolctl import threadpool_limits

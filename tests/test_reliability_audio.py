@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import struct
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def _renamed(path: Path, samples: np.ndarray, fmt: str, subtype: str | None = No
 def _header_claiming_a_second(path: Path) -> None:
     """A 16-bit mono header that announces 32,000 bytes of samples, and nothing after it."""
     fmt = struct.pack("<IHHIIHH", 16, 1, 1, RATE, 2 * RATE, 2, 16)
-    path.write_bytes(b"RIFF" + struct.pack("<I", 36 + 2 * RATE) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", 2 * RATE))
+    size = struct.pack("<I", 2 * RATE)
+    path.write_bytes(b"RIFF" + struct.pack("<I", 36 + 2 * RATE) + b"WAVEfmt " + fmt + b"data" + size)
 
 
 def _with(value: float) -> np.ndarray:
@@ -86,8 +88,9 @@ CASES: dict[str, tuple] = {
     "ulaw.wav": (lambda p: _write(p, tone(1.0), subtype="ULAW"), SECOND_FRAMES),
     "stereo_44k.wav": (lambda p: _write(p, np.stack([tone(1.0, 44_100), tone(1.0, 44_100, 330.0)], 1), 44_100,
                                         subtype="PCM_16"), SECOND_FRAMES),
-    "six_channels_48k_24bit.wav": (lambda p: _write(p, np.stack([tone(1.0, 48_000, 100.0 + 50 * k) for k in range(6)], 1),
-                                                    48_000, subtype="PCM_24"), SECOND_FRAMES),
+    "six_channels_48k_24bit.wav": (lambda p: _write(p, np.stack([tone(1.0, 48_000, 100.0 + 50 * k)
+                                                                 for k in range(6)], 1), 48_000, subtype="PCM_24"),
+                                   SECOND_FRAMES),
     "mono_8k.wav": (lambda p: _write(p, tone(1.0, 8_000), 8_000, subtype="PCM_16"), SECOND_FRAMES),
     "clipped_pcm.wav": (lambda p: _write(p, np.sign(tone(1.0)), subtype="PCM_16"), SECOND_FRAMES),
     "float_beyond_full_scale.wav": (lambda p: _write(p, 4.0 * np.stack([tone(1.0, 44_100)] * 2, 1) / 0.3, 44_100,
@@ -169,7 +172,8 @@ def test_prepare_decodes_or_skips_each_file_with_one_line(audio, tiny_bert_dir, 
             assert 0.9 * SECOND_FRAMES <= spec.shape[1] <= 1.3 * SECOND_FRAMES, (name, spec.shape)
         assert 0.1 <= data.durations[i] <= 15.0
         # The very features predict computes for this file (predict's test checks the model sees them).
-        np.testing.assert_array_equal(spec, audio_features(audio / name, features)[0].astype(np.float16).astype(np.float32))
+        again = audio_features(audio / name, features)[0]
+        np.testing.assert_array_equal(spec, again.astype(np.float16).astype(np.float32))
 
 
 def test_predict_decodes_or_skips_each_file_with_one_line(audio, run, tmp_path):
@@ -248,7 +252,6 @@ def test_a_manifest_cache_is_rebuilt_when_a_listed_wav_changes_or_appears(audio,
     manifest.write_text("path,text,label\na.wav,x,ang\nb.wav,y,sad\nc.wav,z,neu\nlater.wav,w,hap\n")
     args = ["prepare", manifest, "--cache", tmp_path / "c.h5", "--text-model", tiny_bert_dir, "--n-mels", 64,
             "--workers", 1, "--json"]
-    import json
 
     def run_once() -> dict:
         result = cli(*args)

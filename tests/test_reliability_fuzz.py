@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from corpus_fixtures import TEXT_FILES, build_corpus, write_wav
 from emocli import bundle
-from emocli.corpus.iemocap import UTT_ID_RE, ReaderConfig, decode_text, parse_emo_evaluation, parse_transcription
-from emocli.corpus.iemocap import read_iemocap
+from emocli.corpus.iemocap import (UTT_ID_RE, ReaderConfig, decode_text, parse_emo_evaluation, parse_transcription,
+                                   read_iemocap)
 from emocli.corpus.manifest import read_manifest
 from emocli.corpus.records import LABEL_SETS
 from emocli.errors import AudioError, CorpusError, EmocliError
@@ -33,9 +33,9 @@ from emocli.predict import collect_inputs, read_transcripts
 from test_bundle import finished_run, run_config
 from test_reliability_common import assert_refused, cli, tone
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.data_too_large])
-FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Pieces of the real formats, so generated files get past the first line and into the deep paths.
 LABEL_LINES = [

@@ -61,10 +61,21 @@ elif point in ("features", "features-pool"):  # before the nth utterance's log-m
     from emocli import prepare
 
     extract = prepare._extract_one
+    driver = os.path.abspath(__file__)
+
+    def first_worker_here():  # each worker counts its own calls: only the first to reach nth stops the parent
+        try:
+            os.close(os.open(f"{driver}.{os.getppid()}.stopped", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        return True
 
     def stop_then_extract(job):
         if reached():
-            os.kill(os.getppid() if point == "features-pool" else os.getpid(), signal.SIGSTOP)
+            if point == "features":
+                os.kill(os.getpid(), signal.SIGSTOP)
+            elif first_worker_here():
+                os.kill(os.getppid(), signal.SIGSTOP)
         return extract(job)
 
     prepare._extract_one = stop_then_extract

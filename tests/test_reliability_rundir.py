@@ -192,7 +192,8 @@ DAMAGES: dict[str, tuple] = {
     "config-fold-not-a-name": (_config(_set("folds", [7])), _expect("fold and class names must be strings")),
     # ---- pickles where safetensors or JSON belong: refused, never loaded
     "weights-are-a-pickle": (_write(F + "model.safetensors", _pickle), _model_only("is not a safetensors file")),
-    "weights-are-a-torch-zip": (_write(F + "model.safetensors", _torch_pickle), _model_only("is not a safetensors file")),
+    "weights-are-a-torch-zip": (_write(F + "model.safetensors", _torch_pickle),
+                                _model_only("is not a safetensors file")),
     "only-a-model.pt": (_both(_remove(F + "model.safetensors"), _write(F + "model.pt", _torch_pickle)),
                         _model_only("holds pickled weights (model.pt) instead of model.safetensors")),
     "encoder-is-a-pickle": (_write("text_model/model.safetensors", _pickle), _model_only("is not a safetensors file")),
