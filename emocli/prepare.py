@@ -133,7 +133,7 @@ def _cache_hit(cache_path: Path, digest: str) -> cache.CacheMeta | None:
 
 def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref, inputs: dict,
            progress: ProgressCallback | None) -> dict:
-    from emocli.text_model import load_tokenizer, verify_weights
+    from emocli.text_model import load_fast_tokenizer, verify_weights
 
     verify_weights(text_ref)  # the packaged default is checked against its published sha256
     utterances = report.utterances
@@ -147,7 +147,7 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
     # starts the workers before the tokenizer loads, so transformers' import overlaps feature extraction.
     with parallel_map(len(jobs), config.workers) as feature_map:
         results = feature_map(_extract_one, jobs)
-        ids, masks = tokenize(load_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
+        ids, masks = tokenize(load_fast_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
         try:
             writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)
         except OSError as exc:

@@ -125,3 +125,22 @@ def test_mel_filterbank_equals_librosa(n_mels, fmin, fmax):
 
     ref = librosa.filters.mel(sr=RATE, n_fft=512, n_mels=n_mels, fmin=fmin, fmax=fmax)
     np.testing.assert_allclose(_mel_basis(RATE, 512, n_mels, fmin, fmax), ref, rtol=1e-5, atol=1e-7)
+
+
+TRICKY_TEXTS = ["I can't believe you did that!", "", "[LAUGHTER]", "[garbage] um. oh-", "Café naïve résumé 東京",
+                "word " * 200, "Excuse me.  We're all worried.\tReally"]
+
+
+@pytest.mark.parametrize("which", ["tiny", "minilm"])
+def test_rust_tokenizer_gives_transformers_ids(tiny_bert_dir, which):
+    """prepare tokenises with the Rust library (no torch import); predict with transformers: the ids must agree."""
+    from emocli.text_model import RustTokenizer, load_fast_tokenizer, load_tokenizer, resolve_text_model
+
+    ref = resolve_text_model(tiny_bert_dir if which == "tiny" else "all-MiniLM-L6-v2")
+    fast = load_fast_tokenizer(ref)
+    assert isinstance(fast, RustTokenizer)
+    for max_tokens in (8, 64):
+        ids_fast, mask_fast = tokenize(fast, TRICKY_TEXTS, max_tokens)
+        ids_hf, mask_hf = tokenize(load_tokenizer(ref), TRICKY_TEXTS, max_tokens)
+        np.testing.assert_array_equal(ids_fast, ids_hf)
+        np.testing.assert_array_equal(mask_fast, mask_hf)
