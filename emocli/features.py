@@ -6,12 +6,15 @@ what the model was trained on.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
 import signal
 from dataclasses import asdict, dataclass
+from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -206,21 +209,36 @@ def parallel_map(n_items: int, workers: int = 0, chunksize: int = 8) -> Iterator
         yield map
         return
     # fork: workers inherit the already-imported numpy/soundfile instead of importing them again.
-    with multiprocessing.get_context("fork").Pool(n_workers, initializer=_init_worker) as pool:
-        yield lambda fn, jobs: pool.imap(fn, jobs, chunksize=chunksize)
+    # An executor, not multiprocessing.Pool: Pool.terminate() on an error path waits on locks a worker may hold,
+    # and on SIGTERM a worker may ignore; the executor's shutdown only cancels what has not started.
+    executor = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_init_worker)
+    try:
+        yield lambda fn, jobs: _windowed_map(executor, fn, list(jobs), chunksize, window=4 * n_workers)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _exit_on_terminate(signum, frame) -> None:
-    """SIGTERM (the pool's terminate) unwinds the worker instead of killing it outright: a worker killed while
-    writing a result would hold the result queue's lock forever, and terminate() would wait on it forever."""
-    raise SystemExit(0)
+def _windowed_map(executor, fn, jobs: list, chunksize: int, window: int) -> Iterator:
+    """Ordered results of fn over jobs, at most `window` chunks in flight: memory stays flat however many jobs."""
+    chunks = iter([jobs[i:i + chunksize] for i in range(0, len(jobs), chunksize)])
+    pending = collections.deque(executor.submit(_apply, fn, c) for c in itertools.islice(chunks, window))
+    while pending:
+        results = pending.popleft().result()
+        following = next(chunks, None)
+        if following is not None:
+            pending.append(executor.submit(_apply, fn, following))
+        yield from results
+
+
+def _apply(fn, chunk: list) -> list:
+    return [fn(job) for job in chunk]
 
 
 def _init_worker() -> None:
     """One BLAS/FFT thread per worker: the pool already uses every core. Ctrl-C (SIGINT to the whole process group)
     is the parent's to handle: it stops the pool, while an interrupted worker would print its own traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_terminate)
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         from threadpoolctl import threadpool_limits
