@@ -235,10 +235,24 @@ def _apply(fn, chunk: list) -> list:
     return [fn(job) for job in chunk]
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when its parent dies (kill -9 of prepare must leave no orphan)."""
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # not Linux: the executor's own shutdown still ends the workers
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _init_worker() -> None:
     """One BLAS/FFT thread per worker: the pool already uses every core. Ctrl-C (SIGINT to the whole process group)
     is the parent's to handle: it stops the pool, while an interrupted worker would print its own traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         from threadpoolctl import threadpool_limits

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from emocli import atomic, bundle
-from emocli.features import FeatureConfig
+from emocli.features import FeatureConfig, parallel_map
 from emocli.prepare import PrepareConfig, prepare
 from emocli.synth import SynthConfig, synthesize
 from test_reliability_common import (assert_refused, cache_content, children, cli, kill_9, lines, no_traceback,
@@ -223,20 +223,17 @@ def test_kill_9_when_the_temporary_cache_appears(corpus, tiny_bert_dir, referenc
     _rerun_matches_reference(corpus, tmp_path, tiny_bert_dir, reference)
 
 
-@pytest.mark.parametrize("point, nth, workers", [("unpack", 3, 1), ("commit", 1, 1), ("features-pool", 2, 2)],
-                         ids=["unpack", "commit", "pool-workers"])
+@pytest.mark.parametrize("point, nth", [("unpack", 3), ("commit", 1)])
 def test_ctrl_c_of_prepare_is_one_line_exit_130_and_cleans_up(corpus, driver, tiny_bert_dir, older_cache, tmp_path,
-                                                               point, nth, workers):
+                                                               point, nth):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: unlike SIGKILL it can be handled, so the
-    half-unpacked folder and the temporary cache are removed on the spot, the pool's workers go quietly, and the
-    user reads one line."""
+    half-unpacked folder and the temporary cache are removed on the spot, and the user reads one line."""
     target = tmp_path / "c.h5"
     target.write_bytes(older_cache)
-    proc = spawn(driver, point, nth, *_args(corpus, target, tiny_bert_dir, workers), new_session=True)
+    proc = spawn(driver, point, nth, *_args(corpus, target, tiny_bert_dir), new_session=True)
     try:
         wait_stopped(proc)
-        pool = children(proc.pid)
-        os.killpg(proc.pid, signal.SIGINT)  # the stopped main process takes it on resuming, inside the stopped call
+        os.killpg(proc.pid, signal.SIGINT)  # taken on resuming, inside the stopped call
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -247,7 +244,17 @@ def test_ctrl_c_of_prepare_is_one_line_exit_130_and_cleans_up(corpus, driver, ti
     assert lines(err) == ["interrupted; nothing already written was changed"], err
     assert target.read_bytes() == older_cache
     assert temporaries(tmp_path) == []
-    wait_until(lambda: all(process_state(pid) in ("", "Z") for pid in pool), timeout=30, step=0.05)
+
+
+def _sigint_disposition(_) -> bool:
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_feature_workers_leave_ctrl_c_to_the_parent():
+    """A terminal's Ctrl-C reaches every process of the group: workers that took it would each print a
+    KeyboardInterrupt traceback. They ignore it; the parent stops the pool and prints its one line."""
+    with parallel_map(16, workers=2) as feature_map:
+        assert all(feature_map(_sigint_disposition, range(16)))
 
 
 # --------------------------------------------------------------------------------------------- a full disk in train
