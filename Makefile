@@ -40,7 +40,7 @@ demo: $(STAMP)
 	$(EMOCLI) train $(DEMO)/cache.h5 --run $(DEMO)/runs/text --modality text $(DEMO_TRAIN)
 	$(EMOCLI) eval $(DEMO)/runs/fused
 	$(EMOCLI) compare $(DEMO)/runs/fused $(DEMO)/runs/audio $(DEMO)/runs/text
-	$(EMOCLI) synth $(DEMO)/new --per-class 5 --seed 99 --format dir
+	$(EMOCLI) synth $(DEMO)/new --per-class 12 --seed 99 --format dir
 	$(PY) -c "import csv, json, sys; t = json.load(open('$(DEMO)/new/synth-truth.json'))['texts']; \
 	  w = csv.writer(open('$(DEMO)/new/transcripts.csv', 'w', newline='')); w.writerow(['id', 'text']); \
 	  [w.writerow([u, x]) for u, x in sorted(t.items())[::2] if u.startswith('Ses01')]"

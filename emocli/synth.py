@@ -1180,7 +1180,23 @@ def _open_sink(out_dir: Path, fmt: str) -> Iterator[_MemberSink]:
             os.replace(entry, out_dir / entry.name)
         tmp.rmdir()
     else:
-        os.replace(tmp, out_dir / f"{RELEASE_NAME}{FORMAT_SUFFIX[fmt]}")
+        target = out_dir / f"{RELEASE_NAME}{FORMAT_SUFFIX[fmt]}"
+        if _same_bytes(tmp, target):
+            tmp.unlink()  # keep the old file and its mtime: a cache fingerprinted on it stays valid
+        else:
+            os.replace(tmp, target)
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if not b.is_file() or a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            block_a, block_b = fa.read(1 << 20), fb.read(1 << 20)
+            if block_a != block_b:
+                return False
+            if not block_a:
+                return True
 
 
 def _remove(path: Path) -> None:

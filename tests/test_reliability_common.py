@@ -50,11 +50,13 @@ def subprocess_env() -> dict:
             "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
 
-def spawn(*argv, new_session: bool = False) -> subprocess.Popen:
+def spawn(*argv, new_session: bool = False, capture: bool = True) -> subprocess.Popen:
     """`python ARGV...` as a real process of its own (a kill -9 must not take the test with it); `new_session`:
-    in a process group of its own, which a terminal's Ctrl-C (SIGINT to the group) can target."""
-    return subprocess.Popen([sys.executable, *map(str, argv)], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=new_session)
+    in a process group of its own, which a terminal's Ctrl-C (SIGINT to the group) can target; `capture=False`:
+    output discarded, so that children outliving it cannot hold the test's pipes open."""
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, *map(str, argv)], cwd=REPO, env=subprocess_env(), stdout=out, stderr=out,
+                            text=True, start_new_session=new_session)
 
 
 def process_state(pid: int) -> str:

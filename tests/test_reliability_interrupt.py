@@ -198,14 +198,20 @@ def test_kill_9_while_pool_workers_extract_features(corpus, driver, tiny_bert_di
     """The main process killed while two forked workers compute features: the workers exit on their own."""
     target = tmp_path / "c.h5"
     target.write_bytes(older_cache)
-    proc = spawn(driver, "features-pool", 2, *_args(corpus, target, tiny_bert_dir, workers=2))
+    proc = spawn(driver, "features-pool", 2, *_args(corpus, target, tiny_bert_dir, workers=2), capture=False)
+    workers: list[int] = []
     try:
         wait_stopped(proc)
         workers = children(proc.pid)
         assert len(workers) == 2
     finally:
         kill_9(proc)
-    wait_until(lambda: all(process_state(pid) in ("", "Z") for pid in workers), timeout=30, step=0.05)
+    try:
+        wait_until(lambda: all(process_state(pid) in ("", "Z") for pid in workers), timeout=30, step=0.05)
+    finally:
+        for pid in workers:  # never leave an orphan behind, even when the check above fails
+            if process_state(pid) not in ("", "Z"):
+                os.kill(pid, signal.SIGKILL)
     assert target.read_bytes() == older_cache
     _rerun_matches_reference(corpus, tmp_path, tiny_bert_dir, reference)
 
@@ -223,22 +229,24 @@ def test_kill_9_when_the_temporary_cache_appears(corpus, tiny_bert_dir, referenc
     _rerun_matches_reference(corpus, tmp_path, tiny_bert_dir, reference)
 
 
-@pytest.mark.parametrize("point, nth", [("unpack", 3), ("commit", 1)])
+@pytest.mark.parametrize("point, nth, workers", [("unpack", 3, 1), ("commit", 1, 1), ("features-pool", 2, 2)],
+                         ids=["unpack", "commit", "pool-workers"])
 def test_ctrl_c_of_prepare_is_one_line_exit_130_and_cleans_up(corpus, driver, tiny_bert_dir, older_cache, tmp_path,
-                                                               point, nth):
+                                                               point, nth, workers):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: unlike SIGKILL it can be handled, so the
-    half-unpacked folder and the temporary cache are removed on the spot, and the user reads one line."""
+    half-unpacked folder and the temporary cache are removed on the spot, the feature workers stop without a word,
+    and the user reads one line."""
     target = tmp_path / "c.h5"
     target.write_bytes(older_cache)
-    proc = spawn(driver, point, nth, *_args(corpus, target, tiny_bert_dir), new_session=True)
+    proc = spawn(driver, point, nth, *_args(corpus, target, tiny_bert_dir, workers), new_session=True)
     try:
         wait_stopped(proc)
-        os.killpg(proc.pid, signal.SIGINT)  # taken on resuming, inside the stopped call
+        os.killpg(proc.pid, signal.SIGINT)  # the main process takes it on resuming, inside the stopped call
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 130 and out == ""
     assert lines(err) == ["interrupted; nothing already written was changed"], err
