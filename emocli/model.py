@@ -15,6 +15,7 @@ D fusion_hidden, C classes.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -34,6 +35,8 @@ ALEXNET_GRID = 6
 # The shortest input (frames, and mel bins) that leaves one position after AlexNet's three max-pools:
 # 63 -> conv1 15 -> pool 7 -> conv2 7 -> pool 3 -> conv3..5 3 -> pool 1. At 10 ms per frame, 0.63 s.
 MIN_FRAMES = 63
+_MAX_SIZE = 1 << 16  # no sane class count, mel count or hidden width comes near it
+_MAX_WIDTH = 16.0  # 16x AlexNet is already ~15 billion parameters
 SPEC_STD_FLOOR_DB = 1e-3  # a mel bin that never varies (e.g. always at the -100 dB floor) must not divide by 0
 
 
@@ -56,6 +59,14 @@ class ModelConfig:
     modality_dropout: float = 0.0
 
     def __post_init__(self):
+        # A run's config.json is untrusted input: sizes must be real, bounded integers before any layer is built.
+        for name in ("n_classes", "n_mels", "text_hidden", "fusion_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SIZE:
+                raise ConfigError(f"model setting {name}={value!r} must be a whole number from 1 to {_MAX_SIZE}")
+        if not isinstance(self.audio_width, (int, float)) or isinstance(self.audio_width, bool) \
+                or not math.isfinite(self.audio_width) or not 0 < self.audio_width <= _MAX_WIDTH:
+            raise ConfigError(f"audio_width={self.audio_width!r} must be a number in (0, {_MAX_WIDTH}]")
         if self.modality not in MODALITIES:
             raise ConfigError(f"modality {self.modality!r} is not one of {', '.join(MODALITIES)}")
         if self.fusion not in FUSIONS:

@@ -287,3 +287,15 @@ def test_real_minilm_runs():
     assert embeds.shape == (3, 384) and logits.shape == (2, 4)
     cos = F.cosine_similarity(embeds[:, None], embeds[None], dim=-1)
     assert cos[0, 1] > cos[0, 2] + 0.2  # the real tokenizer and mean pooling: similar sentences are close
+
+
+@pytest.mark.parametrize("field, value", [("n_classes", 0), ("n_mels", -5), ("fusion_hidden", 2.5),
+                                          ("text_hidden", True), ("fusion_hidden", 10**9),
+                                          ("audio_width", float("nan")), ("audio_width", float("inf")),
+                                          ("audio_width", 0)])
+def test_untrusted_config_numbers_are_refused(field, value):
+    from emocli.errors import ConfigError
+    from emocli.model import ModelConfig
+
+    with pytest.raises(ConfigError, match=field):
+        ModelConfig.from_json({**ModelConfig().to_json(), field: value})
