@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from pathlib import Path
+from typing import Iterator
 
 from emocli.errors import EmocliError
 
@@ -41,3 +43,22 @@ def fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class LockBusy(Exception):
+    """`file_lock(..., wait=False)` found the lock held by another process."""
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: Path, wait: bool = True) -> Iterator[None]:
+    """An exclusive flock on `lock_path`: the OS drops it when its holder dies, kill -9 included."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockBusy(str(lock_path)) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

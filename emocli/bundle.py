@@ -25,7 +25,6 @@ version or the new one. Nothing is ever unpickled: weights are safetensors, ever
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import shutil
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Iterable
 
 from emocli import __version__
-from emocli.atomic import write_bytes_atomic
+from emocli.atomic import LockBusy, file_lock, write_bytes_atomic
 from emocli.corpus.records import LabelSet
 from emocli.errors import CheckpointError
 from emocli.features import FeatureConfig
@@ -321,19 +320,14 @@ def lock_run(run_dir: Path):
     such a death left behind are removed once the lock is ours.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CheckpointError(f"run dir {run_dir} is in use by another `emocli train`; wait for it to finish "
-                                  f"or use a new --run") from None
-        try:
+    try:
+        with file_lock(run_dir / ".lock", wait=False):
             for stale in run_dir.rglob(".*.tmp-*"):
                 stale.unlink(missing_ok=True)
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except LockBusy:
+        raise CheckpointError(f"run dir {run_dir} is in use by another `emocli train`; wait for it to finish "
+                              f"or use a new --run") from None
 
 
 def create_or_open_run(run_dir: Path, config: RunConfig, text_model_dir: Path | None = None) -> Run:

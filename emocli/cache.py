@@ -15,17 +15,15 @@ One contiguous `spec` lets training read the whole corpus in a single read; no p
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from emocli.atomic import fsync_dir, temporary_name
+from emocli.atomic import file_lock, fsync_dir, temporary_name
 from emocli.corpus.records import Utterance
 from emocli.errors import CacheError
 
@@ -135,17 +133,9 @@ def read_cache(path: Path) -> CacheData:
 # --------------------------------------------------------------------------------------------- writing
 
 
-@contextlib.contextmanager
-def build_lock(path: Path) -> Iterator[None]:
+def build_lock(path: Path):
     """One builder per cache path at a time; a second `prepare` on the same path waits for the first."""
-    lock_path = path.with_name(path.name + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(path.with_name(path.name + ".lock"))
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:

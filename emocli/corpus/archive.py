@@ -19,12 +19,12 @@ import tarfile
 import zipfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from emocli.atomic import file_lock
 from emocli.errors import ArchiveError, CorpusError
 
 Progress = Callable[[int, int], None]  # (done, total): archive bytes read for tar, members for zip
@@ -133,7 +133,8 @@ def _extracted_root(archive: Path, kind: str, workdir: Path, progress: Progress 
     final = workdir / f"extract-{key}"
     tmp = workdir / f"extract-{key}.tmp"
     workdir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(workdir / f"extract-{key}.lock"):
+    # Two `prepare` runs on different caches may share a work folder; only one may unpack a given archive.
+    with file_lock(workdir / f"extract-{key}.lock"):
         if _marker_matches(final, archive):
             try:
                 return locate_root(final)
@@ -155,22 +156,6 @@ def _extracted_root(archive: Path, kind: str, workdir: Path, progress: Progress 
             raise
         os.replace(tmp, final)
     return final / relative
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    # Two `prepare` runs on different caches may share a work folder; only one may unpack a given archive.
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; concurrent runs there are the user's call
-        yield
-        return
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _marker_matches(final: Path, archive: Path) -> bool:
