@@ -288,14 +288,17 @@ class TextEncoder(nn.Module):
     def from_config(cls, hf_config: dict, pooling: str = "mean") -> "TextEncoder":
         """The same architecture with untrained weights, from `hf_config()` of a saved model: a run directory
         rebuilds its encoder from this and its own weights, without the original folder."""
-        from transformers import AutoConfig, AutoModel
-
+        from emocli.bert import NativeBert, native_support
         from emocli.text_model import BERT_FAMILY
 
         model_type = hf_config.get("model_type")
         if model_type not in BERT_FAMILY:
             raise TextModelError(f"the saved text encoder is a {model_type or 'unknown'} model, not a BERT-family "
                                  f"encoder ({', '.join(sorted(BERT_FAMILY))})")
+        if native_support(hf_config) is None:
+            return cls(NativeBert(hf_config), pooling)
+        from transformers import AutoConfig, AutoModel
+
         config = AutoConfig.for_model(**hf_config)
         return cls(AutoModel.from_config(config), pooling)
 
@@ -348,7 +351,9 @@ class EmotionModel(nn.Module):
             if config.freeze_text:
                 self.text.requires_grad_(False)
             # Stands in for the sentence embedding when the transcript is missing or dropped.
-            self.missing_text = nn.Parameter(torch.randn(config.text_hidden) * 0.02)
+            self.missing_text = nn.Parameter(torch.empty(config.text_hidden))
+            if not self.missing_text.is_meta:  # random ops on the meta device import torch._dynamo (1.5 s)
+                nn.init.normal_(self.missing_text, std=0.02)
             features += config.text_hidden
         if config.modality == "both" and config.fusion == "gated":
             # A gated multimodal unit (Arevalo et al. 2017): each view projected to D, mixed per dimension by a

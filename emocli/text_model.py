@@ -129,6 +129,9 @@ class RustTokenizer:
         if self._pad_id is None:
             raise TextModelError(f"{tokenizer_json} has no padding token {pad_token!r}")
 
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
     def __call__(self, texts: list[str], *, max_length: int, **_ignored) -> dict:
         # tokenizer.json may carry its own padding/truncation (MiniLM's: fixed 128): ours replace them.
         self._tok.enable_truncation(max_length=max_length)
@@ -139,24 +142,35 @@ class RustTokenizer:
 
 def load_fast_tokenizer(ref: TextModelRef):
     """The Rust tokenizer where the folder has a tokenizer.json, else transformers' (same ids either way)."""
-    tokenizer_json = ref.path / "tokenizer.json"
-    if not tokenizer_json.is_file():
-        return load_tokenizer(ref)
+    return tokenizer_from_folder(ref.path)
+
+
+def tokenizer_from_folder(folder: Path):
+    """`load_fast_tokenizer` for any folder of tokenizer files (a run directory's copy too)."""
+    tokenizer_json = folder / "tokenizer.json"
+    if tokenizer_json.is_file():
+        try:
+            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+        pad = config.get("pad_token", "[PAD]") if isinstance(config, dict) else "[PAD]"
+        pad = pad.get("content", "[PAD]") if isinstance(pad, dict) else pad
+        try:
+            return RustTokenizer(tokenizer_json, str(pad))
+        except TextModelError:
+            raise
+        except Exception:  # a tokenizer.json the Rust library cannot read: transformers may still
+            pass
+    from transformers import AutoTokenizer
+
     try:
-        config = json.loads((ref.path / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = {}
-    pad = config.get("pad_token", "[PAD]")
-    pad = pad.get("content", "[PAD]") if isinstance(pad, dict) else pad
-    try:
-        return RustTokenizer(tokenizer_json, pad)
-    except TextModelError:
-        raise
-    except Exception:  # a tokenizer.json the Rust library cannot read: transformers may still
-        return load_tokenizer(ref)
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a broken folder
+        raise TextModelError(f"cannot load a tokenizer from {folder}: {exc}".splitlines()[0]) from None
 
 
 def load_tokenizer(ref: TextModelRef):
+    """transformers' own tokenizer for the folder (the reference the Rust one is tested against)."""
     from transformers import AutoTokenizer
 
     try:
@@ -165,22 +179,39 @@ def load_tokenizer(ref: TextModelRef):
         raise TextModelError(f"cannot load a tokenizer from {ref.path}: {exc}".splitlines()[0]) from None
 
 
+def read_encoder_config(folder: Path) -> dict:
+    """The folder's config.json as a dict (no transformers import)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TextModelError(f"cannot read {folder / 'config.json'}: {exc}") from None
+    if not isinstance(config, dict):
+        raise TextModelError(f"{folder / 'config.json'} is not a JSON object")
+    return config
+
+
+def encoder_hidden_size(ref: TextModelRef) -> int:
+    size = read_encoder_config(ref.path).get("hidden_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise TextModelError(f"{ref.path / 'config.json'} has no valid hidden_size ({size!r})")
+    return size
+
+
 def load_encoder(ref: TextModelRef):
-    """The pretrained encoder with its checked weights."""
+    """The pretrained encoder with its checked weights: plain BERT natively (`emocli.bert`, no transformers
+    import), any other BERT-family architecture through transformers."""
+    from emocli.bert import load_native_bert, native_support
+
+    weights = weights_file(ref)
+    verify_weights(ref)
+    if native_support(read_encoder_config(ref.path)) is None:
+        return load_native_bert(ref.path, weights)
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    weights_file(ref)
-    verify_weights(ref)
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     try:
         return AutoModel.from_pretrained(str(ref.path), local_files_only=True, use_safetensors=True)
     except Exception as exc:
         raise TextModelError(f"cannot load the text model from {ref.path}: {exc}".splitlines()[0]) from None
-
-
-def encoder_config(ref: TextModelRef):
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(str(ref.path), local_files_only=True)

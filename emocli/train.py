@@ -372,9 +372,9 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
     data = read_cache(cache_path)
     text_ref = _check_compatible(data.meta, model_config, cache_path)
     if text_ref is not None:  # the encoder's width is a fact of the text model, not a choice: taken from it
-        from emocli.text_model import encoder_config
+        from emocli.text_model import encoder_hidden_size
 
-        model_config = replace(model_config, text_hidden=int(encoder_config(text_ref).hidden_size))
+        model_config = replace(model_config, text_hidden=encoder_hidden_size(text_ref))
     classes = data.meta.classes
     splits = make_splits(data.labels, data.sessions, classes, train_config)
     run_config = bundle.RunConfig(model=model_config, train=train_config.to_json(),

@@ -181,7 +181,14 @@ def test_load_model_needs_neither_the_text_model_folder_nor_the_cache(tiny_bert_
     shutil.rmtree(bert)  # the original folder is gone
     loaded, _, tokenizer = bundle.load_model(tmp_path / "run", fold="random-1")
     assert same_weights(model, loaded)
-    assert tokenizer("happy")["input_ids"][0] == tokenizer.cls_token_id
+    from transformers import AutoTokenizer
+
+    from emocli.features import tokenize
+
+    reference = AutoTokenizer.from_pretrained(str(tmp_path / "run/text_model"), local_files_only=True)
+    texts = ["happy", "I can't believe it [LAUGHTER]"]
+    assert tokenize(tokenizer, texts, 12)[0].tolist() == tokenize(reference, texts, 12)[0].tolist()
+    assert tokenize(tokenizer, texts, 12)[0][0, 0] == reference.cls_token_id
     own = json.loads((tmp_path / "run/text_model/config.json").read_text())
     assert own["hidden_size"] == 32 and (tmp_path / "run/text_model/vocab.txt").is_file()
     fold_weights, _ = bundle.load_tensors(tmp_path / "run/folds/random-0/model.safetensors")
