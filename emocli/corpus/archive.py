@@ -261,6 +261,11 @@ class _TrackedStream:
                 self._on_read(self.position)
         return data
 
+    def readinto(self, buffer) -> int:  # ISA-L's gzip reader reads through this
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
     def block_at(self, offset: int) -> bytes:
         """The bytes at [offset, offset + 512) if they are among the recent chunks; fewer if not."""
         out = bytearray()
@@ -273,6 +278,22 @@ class _TrackedStream:
     def drain(self) -> None:
         while self.read(_COPY_CHUNK):
             pass
+
+
+try:  # Intel's ISA-L inflates 2.2x faster than zlib: half of unpacking IEMOCAP's 1.2 GB tar.gz was gzip
+    from isal import igzip as _fast_gzip
+    from isal.isal_zlib import error as _isal_error
+
+    _GUNZIP_ERRORS: tuple[type[BaseException], ...] = (_isal_error,)
+except ImportError:  # no wheel for this platform: the standard library's reader, same checks, slower
+    _fast_gzip, _GUNZIP_ERRORS = None, ()
+
+
+def _gunzip(raw: BinaryIO) -> BinaryIO:
+    """A reader of the decompressed stream that checks CRC, length and trailer (truncation is an error)."""
+    if _fast_gzip is not None:
+        return _fast_gzip.IGzipFile(fileobj=raw, mode="rb")
+    return gzip.GzipFile(fileobj=raw, mode="rb")
 
 
 def _tar_member(info: tarfile.TarInfo) -> Member:
@@ -296,8 +317,8 @@ def _extract_tar(archive: Path, kind: str, dest: Path, progress: Progress | None
     try:
         with open(archive, "rb") as raw_fh:
             raw = _TrackedStream(raw_fh, ticker.at)
-            # GzipFile, unlike tarfile's own stream decoder, checks the gzip trailer, so truncation is caught.
-            body = _TrackedStream(gzip.GzipFile(fileobj=raw, mode="rb") if kind == "tar.gz" else raw)
+            # A gzip reader, unlike tarfile's own stream decoder, checks the gzip trailer, so truncation is caught.
+            body = _TrackedStream(_gunzip(raw) if kind == "tar.gz" else raw)
             with tarfile.open(fileobj=body, mode="r|", bufsize=_TAR_READ_SIZE) as tar:
                 for info in tar:
                     check_member(_tar_member(info), archive)
@@ -310,7 +331,7 @@ def _extract_tar(archive: Path, kind: str, dest: Path, progress: Progress | None
             if body.block_at(end) != bytes(_TAR_BLOCK):
                 raise tarfile.ReadError(f"no end-of-archive marker at byte {end}")
             body.drain()
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, *_GUNZIP_ERRORS) as e:
         raise ArchiveError(f"{archive} is truncated or corrupt ({e}); download it again") from None
     ticker.done()
     return count
