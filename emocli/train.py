@@ -286,6 +286,9 @@ class _Corpus:
         self.labels = torch.from_numpy(data.labels.astype(np.int64)).to(self.home)  # (N,)
         self.text_present = torch.tensor([bool(t.strip()) for t in data.texts], device=self.home)  # (N,)
         self.text_embeds = None  # (N, H) once precomputed for a frozen encoder
+        # Host copies of what sizes a batch: reading them from GPU tensors would stall the GPU twice a step.
+        self.host_lengths = np.asarray(data.spec_lengths, dtype=np.int64)  # (N,)
+        self.host_text_widths = np.asarray(data.attention_mask, dtype=np.int64).sum(axis=1)  # (N,)
 
     def batch(self, indices: np.ndarray) -> tuple[dict, "torch.Tensor"]:  # noqa: F821
         """(model keyword arguments, labels) for the utterances `indices`, on the training device."""
@@ -295,7 +298,7 @@ class _Corpus:
         kwargs = {}
         if self.modality != "text":  # audio or both
             lengths = self.lengths[idx]  # (B,)
-            t_max = int(lengths.max())
+            t_max = int(self.host_lengths[indices].max())
             steps = torch.arange(t_max, device=self.home)  # (T,)
             valid = steps[None, :] < lengths[:, None]  # (B, T)
             frames = torch.where(valid, self.offsets[idx][:, None] + steps[None, :], 0)  # (B, T)
@@ -308,7 +311,7 @@ class _Corpus:
                 kwargs["text_embeds"] = self.text_embeds[idx.to(self.text_embeds.device)].to(self.device)
             else:
                 mask = self.attention_mask[idx]  # (B, L)
-                width = max(int(mask.sum(dim=1).max()), 1)  # trim padding columns no row uses
+                width = max(int(self.host_text_widths[indices].max()), 1)  # trim padding columns no row uses
                 kwargs["input_ids"] = self.input_ids[idx][:, :width].to(self.device)
                 kwargs["attention_mask"] = mask[:, :width].to(self.device)
         return kwargs, self.labels[idx].to(self.device)
@@ -577,7 +580,9 @@ def _train_epoch(net, optimizer, corpus: _Corpus, split: Split, train_config: Tr
     net.train()
     lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with, before the scheduler steps
     started = time.perf_counter()
-    loss_sum, correct, seen = 0.0, 0.0, 0.0
+    # Sums stay on the device until the epoch ends: a float() per step would stall the GPU every step.
+    loss_sum = correct = None
+    seen = 0.0
     for positions in _batch_order(len(split.train), train_config.batch_size, train_config.seed, split.index, epoch):
         if len(positions) < dist_.world:
             continue  # a last batch smaller than the world cannot give every rank an item: all ranks skip it
@@ -588,9 +593,13 @@ def _train_epoch(net, optimizer, corpus: _Corpus, split: Split, train_config: Tr
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        loss_sum += float(out.loss.detach()) * len(mine)
-        correct += float((out.logits.detach().argmax(dim=1) == labels).sum())
+        batch_loss = out.loss.detach().double() * len(mine)
+        batch_correct = (out.logits.detach().argmax(dim=1) == labels).sum()
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        correct = batch_correct if correct is None else correct + batch_correct
         seen += len(mine)
+    loss_sum = float(loss_sum) if loss_sum is not None else 0.0  # waits for the last step: the timing is honest
+    correct = float(correct) if correct is not None else 0.0
     loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], dist_)
     seconds = time.perf_counter() - started
     return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),

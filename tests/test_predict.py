@@ -489,3 +489,19 @@ def test_a_failed_write_leaves_no_file(run, inputs, tmp_path):
     with pytest.raises(EmocliError, match="cannot write"):
         write_predictions(predictions, predictor.classes, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.csv"] and not any(target.iterdir())
+
+
+def test_predict_loads_neither_transformers_nor_dynamo(run, inputs):
+    """The cold-start budget (bench/RESULTS.md): transformers' import is ~4 s, torch._dynamo's ~1.5 s; predicting
+    with a plain-BERT run needs neither, in a fresh process as the CLI runs it."""
+    import sys
+
+    code = ("import sys; from pathlib import Path; from emocli.predict import Predictor, collect_inputs; "
+            f"p = Predictor.from_run(Path({str(run)!r}), device='cpu'); "
+            f"items = collect_inputs(Path({str(inputs)!r})); "
+            "out = list(p.predict(items, batch_size=4)); assert len(out) == len(items); "
+            "print(sorted(m for m in ('transformers', 'torch._dynamo') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
