@@ -243,14 +243,12 @@ def _standard_name(key: str) -> str | None:
     return key
 
 
-def load_native_bert(folder: Path, weights: Path) -> NativeBert:
-    """The folder's BERT with its safetensors weights; every encoder weight must be there with its shape."""
-    import json
-
+def load_native_bert(config: dict, weights: Path) -> NativeBert:
+    """The BERT of `config` (a config.json's content) with its safetensors weights; every encoder weight must be
+    there with its shape."""
     from safetensors.torch import load_file
 
-    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    model = NativeBert(raw)
+    model = NativeBert(config)
     try:
         tensors = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own types for a damaged header

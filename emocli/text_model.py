@@ -161,22 +161,21 @@ def tokenizer_from_folder(folder: Path):
             raise
         except Exception:  # a tokenizer.json the Rust library cannot read: transformers may still
             pass
+    return _transformers_tokenizer(folder)
+
+
+def load_tokenizer(ref: TextModelRef):
+    """transformers' own tokenizer for the folder (the reference the Rust one is tested against)."""
+    return _transformers_tokenizer(ref.path)
+
+
+def _transformers_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # transformers raises many types for a broken folder
         raise TextModelError(f"cannot load a tokenizer from {folder}: {exc}".splitlines()[0]) from None
-
-
-def load_tokenizer(ref: TextModelRef):
-    """transformers' own tokenizer for the folder (the reference the Rust one is tested against)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(ref.path), local_files_only=True)
-    except Exception as exc:  # transformers raises many types for a broken folder
-        raise TextModelError(f"cannot load a tokenizer from {ref.path}: {exc}".splitlines()[0]) from None
 
 
 def read_encoder_config(folder: Path) -> dict:
@@ -204,8 +203,9 @@ def load_encoder(ref: TextModelRef):
 
     weights = weights_file(ref)
     verify_weights(ref)
-    if native_support(read_encoder_config(ref.path)) is None:
-        return load_native_bert(ref.path, weights)
+    config = read_encoder_config(ref.path)
+    if native_support(config) is None:
+        return load_native_bert(config, weights)
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 

@@ -39,6 +39,10 @@ def _hf_bert(tmp_path, **overrides):
     return model, folder
 
 
+def _load(folder) -> NativeBert:
+    return load_native_bert(json.loads((folder / "config.json").read_text()), folder / "model.safetensors")
+
+
 def _close(native_out: torch.Tensor, hf_out: torch.Tensor, mask: torch.Tensor) -> float:
     real = mask.bool()
     return float((native_out[real] - hf_out[real]).abs().max())
@@ -47,7 +51,7 @@ def _close(native_out: torch.Tensor, hf_out: torch.Tensor, mask: torch.Tensor) -
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
 def test_native_bert_equals_transformers_on_the_same_weights(tmp_path, act):
     hf, folder = _hf_bert(tmp_path, hidden_act=act)
-    native = load_native_bert(folder, folder / "model.safetensors").eval()
+    native = _load(folder).eval()
     assert set(native.state_dict()) == set(hf.state_dict())  # checkpoints stay interchangeable
     ids, mask = _batch()
     with torch.no_grad():
@@ -81,7 +85,7 @@ def test_original_google_checkpoint_names_load(tmp_path):
     renamed["cls.predictions.bias"] = torch.zeros(TINY["vocab_size"])
     renamed["bert.embeddings.position_ids"] = torch.arange(TINY["max_position_embeddings"])[None]
     save_file(renamed, str(folder / "model.safetensors"))
-    native = load_native_bert(folder, folder / "model.safetensors").eval()
+    native = _load(folder).eval()
     ids, mask = _batch()
     with torch.no_grad():
         diff = _close(native(ids, mask).last_hidden_state, hf(input_ids=ids, attention_mask=mask).last_hidden_state,
@@ -95,12 +99,12 @@ def test_missing_or_misshapen_weights_are_refused(tmp_path):
     del tensors["encoder.layer.1.output.dense.weight"]
     save_file(tensors, str(folder / "model.safetensors"))
     with pytest.raises(TextModelError, match="missing encoder.layer.1.output.dense.weight"):
-        load_native_bert(folder, folder / "model.safetensors")
+        _load(folder)
     config = json.loads((folder / "config.json").read_text())
     config["intermediate_size"] = 64  # the file's FFN is 48 wide
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(TextModelError, match="does not match its config.json"):
-        load_native_bert(folder, folder / "model.safetensors")
+        _load(folder)
 
 
 @pytest.mark.parametrize("change, message", [
