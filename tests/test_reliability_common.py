@@ -56,7 +56,15 @@ def spawn(*argv, new_session: bool = False, capture: bool = True) -> subprocess.
     output discarded, so that children outliving it cannot hold the test's pipes open."""
     out = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen([sys.executable, *map(str, argv)], cwd=REPO, env=subprocess_env(), stdout=out, stderr=out,
-                            text=True, start_new_session=new_session)
+                            text=True, start_new_session=new_session,
+                            preexec_fn=_as_a_terminal_job if new_session else None)
+
+
+def _as_a_terminal_job() -> None:
+    """Ctrl-C as a terminal's foreground job gets it. A test run started in the background of a non-interactive
+    shell (as CI may start it) inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored: the process
+    under test would then rightly carry on and exit 0."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def process_state(pid: int) -> str:
