@@ -176,7 +176,7 @@ class CacheWriter:
                attention_mask: np.ndarray, duration: float) -> None:
         """Add one utterance; `spec` is (n_mels, T). At most a few MB wait in memory (memory stays flat)."""
         frames = spec.shape[1]
-        self._pending.append(spec.T.astype(np.float16))
+        self._pending.append(spec.T.astype(np.float16, copy=False))  # concatenated before writing: no copy needed
         self._pending_frames += frames
         self._offsets.append(self._offsets[-1] + frames)
         if self._pending_frames >= _SPEC_CHUNK_FRAMES * 4:
@@ -189,15 +189,19 @@ class CacheWriter:
                             ("texts", utt.text), ("raw_labels", utt.raw_label), ("audio_paths", str(utt.audio_path))):
             self._columns[name].append(value)
 
-    def _flush(self) -> None:
-        """One resize and one write per block: per-utterance resizes cost more than the features."""
+    def _flush(self, final: bool = False) -> None:
+        """One resize and one write per block: per-utterance resizes cost more than the features. Only whole
+        chunks are written until the last block: a write that ends mid-chunk makes HDF5 read that chunk back
+        and rewrite it with the next block (4.6x slower over a whole cache)."""
         if not self._pending:
             return
-        block = np.concatenate(self._pending)
-        self._spec.resize(self._n_frames + len(block), axis=0)
-        self._spec[self._n_frames:] = block
-        self._n_frames += len(block)
-        self._pending, self._pending_frames = [], 0
+        block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        whole = len(block) if final else len(block) // _SPEC_CHUNK_FRAMES * _SPEC_CHUNK_FRAMES
+        self._spec.resize(self._n_frames + whole, axis=0)
+        self._spec[self._n_frames:] = block[:whole]
+        self._n_frames += whole
+        rest = block[whole:]
+        self._pending, self._pending_frames = ([rest] if len(rest) else []), len(rest)
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -205,7 +209,7 @@ class CacheWriter:
     def commit(self, inputs: dict, summary: dict) -> str:
         import h5py
 
-        self._flush()
+        self._flush(final=True)
         h5 = self._h5
         n = len(self._labels)
         h5.create_dataset("spec_offsets", data=np.asarray(self._offsets, dtype=np.int64))

@@ -190,4 +190,6 @@ def _extract_one(job: tuple[str, FeatureConfig]) -> tuple[np.ndarray | None, flo
         spec, duration = audio_features(Path(path), features)
     except AudioError as exc:
         return None, 0.0, str(exc)
-    return spec.astype(np.float16), duration, None  # float16 halves what crosses the process boundary
+    # float16 halves what crosses the process boundary; time-major is the cache's layout, so the transposing copy
+    # is done here, in parallel, and the main process stores the block as it comes.
+    return np.ascontiguousarray(spec.T, dtype=np.float16).T, duration, None

@@ -130,6 +130,28 @@ def cache_content(path: Path) -> dict:
     return out
 
 
+def assert_same_cache(path: Path, expected: dict) -> None:
+    """`path` holds exactly the cache `expected` describes; on failure, which parts differ and, for arrays, where
+    and by how much (a stray float difference and a mix of two caches read very differently)."""
+    actual = cache_content(path)
+    differ = [key for key in expected if actual.get(key) != expected[key]]
+    if not differ:
+        return
+    details = []
+    for key in differ:
+        a, e = actual[key], expected[key]
+        if key == "spec" and len(a) == len(e):
+            a, e = np.frombuffer(a, np.float32), np.frombuffer(e, np.float32)
+            bad = np.flatnonzero(a != e)
+            details.append(f"spec: {bad.size} of {a.size} values differ, first at {bad[0]}, "
+                           f"max |diff| {np.abs(a - e).max():.3g} dB")
+        elif isinstance(a, bytes):
+            details.append(f"{key}: {len(a)} bytes vs {len(e)} expected")
+        else:
+            details.append(f"{key}: {str(a)[:200]} vs {str(e)[:200]} expected")
+    raise AssertionError("caches differ: " + "; ".join(details))
+
+
 def tone(seconds: float, rate: int = 16_000, freq: float = 220.0, amplitude: float = 0.3) -> np.ndarray:
     """A voiced-sounding test signal: a tone with a slow vibrato and a little noise, float32 in [-1, 1]."""
     t = np.arange(int(seconds * rate)) / rate

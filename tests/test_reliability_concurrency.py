@@ -17,7 +17,7 @@ import pytest
 from emocli.features import FeatureConfig
 from emocli.prepare import PrepareConfig, prepare
 from emocli.synth import SynthConfig, synthesize
-from test_reliability_common import cache_content, kill_9, spawn, temporaries, wait_stopped, wait_until
+from test_reliability_common import assert_same_cache, cache_content, kill_9, spawn, temporaries, wait_stopped, wait_until
 from test_reliability_interrupt import DRIVER
 
 N_MELS = 64
@@ -92,7 +92,7 @@ def test_second_prepare_waits_for_the_first_and_one_valid_cache_remains(corpus, 
     assert first_result["cache_hit"] is False
     # Same settings: the second finds the first's cache once it gets the lock. Other settings: it rebuilds after.
     assert second_result["cache_hit"] is (second_n_mels == N_MELS)
-    assert cache_content(tmp_path / "c.h5") == references[second_n_mels]
+    assert_same_cache(tmp_path / "c.h5", references[second_n_mels])
     assert temporaries(tmp_path) == []
 
 
@@ -107,6 +107,6 @@ def test_first_prepare_killed_while_second_waits(corpus, driver, tiny_bert_dir, 
             second.kill()
             second.wait()
     assert result["cache_hit"] is False
-    assert cache_content(tmp_path / "c.h5") == references[N_MELS]
+    assert_same_cache(tmp_path / "c.h5", references[N_MELS])
     assert temporaries(tmp_path) == []
 

@@ -26,7 +26,7 @@ from emocli import atomic, bundle
 from emocli.features import FeatureConfig, parallel_map
 from emocli.prepare import PrepareConfig, prepare
 from emocli.synth import SynthConfig, synthesize
-from test_reliability_common import (assert_refused, cache_content, children, cli, kill_9, lines, no_traceback,
+from test_reliability_common import (assert_refused, assert_same_cache, cache_content, children, cli, kill_9, lines, no_traceback,
                                      process_state, spawn, temporaries, wait_stopped, wait_until)
 from test_train import make_cache, numbers
 
@@ -151,7 +151,7 @@ def _rerun_matches_reference(corpus, folder: Path, bert: Path, reference: dict) 
     assert result.exit_code == 0, result.stderr
     no_traceback(result)
     assert json.loads(result.stdout)["cache_hit"] is False
-    assert cache_content(folder / "c.h5") == reference
+    assert_same_cache(folder / "c.h5", reference)
     assert temporaries(folder) == []
 
 
