@@ -144,3 +144,55 @@ def test_rust_tokenizer_gives_transformers_ids(tiny_bert_dir, which):
         ids_hf, mask_hf = tokenize(load_tokenizer(ref), TRICKY_TEXTS, max_tokens)
         np.testing.assert_array_equal(ids_fast, ids_hf)
         np.testing.assert_array_equal(mask_fast, mask_hf)
+
+
+# --------------------------------------------------------------------------------------------- the worker pool
+
+
+def _array_result(i: int):
+    """What a feature job returns: arrays of several layouts and sizes inside a tuple, beside plain values."""
+    rng = np.random.default_rng(i)
+    c_order = rng.standard_normal((3 + i, 5)).astype(np.float16)
+    f_order = np.asfortranarray(rng.standard_normal((4, 2 + i)).astype(np.float32))
+    huge = np.full(5 << 20 if i == 3 else 1, i, np.uint8)  # the one of i == 3 is larger than a slot
+    return c_order, f_order, float(i), None if i % 2 else f"error {i}", huge
+
+
+def _bare_array(i: int) -> np.ndarray:
+    return np.arange(i * 10, dtype=np.int64).reshape(i, 10)
+
+
+@pytest.mark.parametrize("fn", [_array_result, _bare_array], ids=["tuples", "arrays"])
+def test_pool_hands_back_what_the_function_returns(fn):
+    """Through the shared-memory slots: equal values, dtypes and memory layouts, in order; an array too large
+    for a slot travels through the pipe instead."""
+    from emocli.features import parallel_map
+
+    jobs = list(range(1, 40))
+    expected = [fn(i) for i in jobs]
+    with parallel_map(len(jobs), workers=2, chunksize=3) as feature_map:
+        got = list(feature_map(fn, jobs))
+    assert len(got) == len(expected)
+    for one, want in zip(got, expected):
+        for a, b in zip(one if isinstance(one, tuple) else [one], want if isinstance(want, tuple) else [want]):
+            if isinstance(b, np.ndarray):
+                assert a.dtype == b.dtype and a.flags.f_contiguous == b.flags.f_contiguous
+                np.testing.assert_array_equal(a, b)
+            else:
+                assert a == b
+
+
+def test_pool_results_survive_the_next_chunks_and_a_second_map():
+    """Results are copies, not views of a slot that later chunks overwrite; a second map started while the first
+    is still running goes through the pipe and both stay correct; once the first is closed the slots serve again."""
+    from emocli.features import parallel_map
+
+    jobs = list(range(1, 60))
+    with parallel_map(len(jobs), workers=2, chunksize=2) as feature_map:
+        first = feature_map(_bare_array, jobs)
+        head = [next(first) for _ in range(5)]
+        second = list(feature_map(_bare_array, jobs))
+        rest = list(first)
+        third = list(feature_map(_bare_array, jobs))
+    for got in (head + rest, second, third):
+        assert all(np.array_equal(a, _bare_array(i)) for a, i in zip(got, jobs)) and len(got) == len(jobs)
