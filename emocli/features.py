@@ -75,7 +75,11 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE_HZ, max_seconds: float
             exact = handle.subtype.startswith("PCM_")
             # Read no more than we keep: a 10-minute file costs no more than max_seconds of decoding.
             frames = -1 if max_seconds is None else int(np.ceil(max_seconds * native_rate))
-            audio = handle.read(frames=frames, dtype="float32", always_2d=True)
+            if handle.subtype == "PCM_16":  # IEMOCAP's format; numpy's conversion is 2x faster than libsndfile's
+                audio = handle.read(frames=frames, dtype="int16", always_2d=True).astype(np.float32)
+                audio *= np.float32(1 / 32768)  # exact, and the very values libsndfile's float read gives
+            else:
+                audio = handle.read(frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError for odd headers
         audio, native_rate = _load_with_librosa(path, max_seconds, exc)
         exact = False

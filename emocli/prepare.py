@@ -6,6 +6,7 @@ set; an unchanged input is a cache hit that imports nothing heavy and returns in
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,8 +116,8 @@ def source_identity(source: Path, label_set: LabelSet | None = None) -> dict:
         return identity
     from emocli.corpus.iemocap import source_files
 
-    listing = [(str(p.relative_to(source)), s.st_size, s.st_mtime_ns)
-               for p in source_files(source) for s in [p.stat()]]
+    prefix = len(os.path.join(source, ""))  # every file lies below `source`: slicing is 10x cheaper than relative_to
+    listing = [(str(p)[prefix:], s.st_size, s.st_mtime_ns) for p in source_files(source) for s in [os.stat(p)]]
     return {"path": str(source), "files": len(listing),
             "listing_sha256": hashlib.sha256(json.dumps(sorted(listing)).encode()).hexdigest()}
 

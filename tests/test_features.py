@@ -44,6 +44,20 @@ def test_any_pcm_subtype_decodes(tmp_path, subtype):
     assert np.abs(audio).max() == pytest.approx(0.3, abs=0.02)
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_pcm16_decodes_to_exactly_libsndfiles_floats(tmp_path, channels):
+    """PCM_16 is converted by numpy, not libsndfile (2x faster): the samples must be the very same floats,
+    full scale included."""
+    rng = np.random.default_rng(channels)
+    raw = rng.integers(-32768, 32768, size=(RATE // 2, channels), dtype=np.int16)
+    raw[:2] = [[-32768] * channels, [32767] * channels]
+    path = tmp_path / "a.wav"
+    sf.write(path, raw, RATE, subtype="PCM_16")
+    reference = sf.read(path, dtype="float32", always_2d=True)[0]
+    expected = np.clip(reference[:, 0] if channels == 1 else reference.mean(axis=1), -1.0, 1.0)
+    np.testing.assert_array_equal(load_audio(path), expected)
+
+
 def test_stereo_44k_is_mixed_and_resampled(tmp_path):
     path = tmp_path / "s.wav"
     left = _tone(1.0, 44_100)
