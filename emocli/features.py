@@ -319,7 +319,11 @@ class _InSlot:
 
 def _windowed_map(executor, fn, jobs: list, chunksize: int, window: int, slots: _SharedSlots | None = None
                   ) -> Iterator:
-    """Ordered results of fn over jobs, at most `window` chunks in flight: memory stays flat however many jobs."""
+    """Ordered results of fn over jobs, at most `window` chunks in flight: memory stays flat however many jobs.
+
+    The first chunks are submitted on the call, not on the first `next`: the workers start computing while the
+    caller does other work (prepare loads the tokenizer and tokenises every transcript meanwhile).
+    """
     shared = slots if slots is not None and not slots.busy else None
     if shared is not None:
         shared.busy = True
@@ -333,6 +337,10 @@ def _windowed_map(executor, fn, jobs: list, chunksize: int, window: int, slots: 
         return executor.submit(_apply_shared, fn, chunk, id(shared), slot), slot
 
     pending = collections.deque(submit(c) for c in itertools.islice(chunks, window))
+    return _drain(pending, chunks, submit, shared)
+
+
+def _drain(pending: collections.deque, chunks: Iterator, submit, shared: _SharedSlots | None) -> Iterator:
     try:
         while pending:
             future, slot = pending.popleft()

@@ -136,7 +136,6 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
            progress: ProgressCallback | None) -> dict:
     from emocli.text_model import load_fast_tokenizer, verify_weights
 
-    verify_weights(text_ref)  # the packaged default is checked against its published sha256
     utterances = report.utterances
     if not utterances:
         raise CorpusError(f"no usable utterances in {report.source}; {_skipped_line(report)}")
@@ -144,10 +143,11 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(str(u.audio_path), config.features) for u in utterances]
     failed: set[str] = set()
-    # The pool is forked before the HDF5 file is opened (no HDF5 handle may cross a fork), and the lazy map
-    # starts the workers before the tokenizer loads, so transformers' import overlaps feature extraction.
+    # The pool is forked before the HDF5 file is opened (no HDF5 handle may cross a fork), and the map submits
+    # its first chunks at once: checking the weights, loading the tokenizer and tokenising overlap the features.
     with parallel_map(len(jobs), config.workers) as feature_map:
         results = feature_map(_extract_one, jobs)
+        verify_weights(text_ref)  # the packaged default is checked against its published sha256
         ids, masks = tokenize(load_fast_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
         try:
             writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)
