@@ -1,6 +1,8 @@
 """The shared preprocessing path: decoding any audio, the log-mel, tokenisation."""
 
 
+from pathlib import Path
+
 import librosa
 import numpy as np
 import pytest
@@ -210,3 +212,24 @@ def test_pool_results_survive_the_next_chunks_and_a_second_map():
         third = list(feature_map(_bare_array, jobs))
     for got in (head + rest, second, third):
         assert all(np.array_equal(a, _bare_array(i)) for a, i in zip(got, jobs)) and len(got) == len(jobs)
+
+
+def _touch(path: str) -> str:
+    open(path, "w").close()
+    return path
+
+
+def test_pool_starts_working_before_the_first_result_is_asked_for(tmp_path):
+    """prepare tokenises while the workers compute: the map must submit on the call, not on the first `next`."""
+    import time
+
+    from emocli.features import parallel_map
+
+    jobs = [str(tmp_path / f"{i}.done") for i in range(16)]
+    with parallel_map(len(jobs), workers=2) as feature_map:
+        results = feature_map(_touch, jobs)
+        deadline = time.monotonic() + 30
+        while not all(Path(j).exists() for j in jobs[:8]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(Path(j).exists() for j in jobs[:8]), "no job ran before the first result was asked for"
+        assert list(results) == jobs
