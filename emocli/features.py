@@ -290,7 +290,6 @@ class _SharedSlots:
     def __init__(self, count: int):
         import mmap
 
-        self.count = count
         self.memory = mmap.mmap(-1, count * self.SLOT_BYTES)  # MAP_SHARED | MAP_ANONYMOUS
         self.busy = False
         _SLOTS[id(self)] = self
@@ -346,7 +345,8 @@ def _drain(pending: collections.deque, chunks: Iterator, submit, shared: _Shared
             future, slot = pending.popleft()
             results = future.result()
             if slot is not None:  # copied out before the slot is handed to the next chunk
-                results = [_from_slot(r, shared.view(slot)) for r in results]
+                view = shared.view(slot)
+                results = [_from_slot(r, view) for r in results]
             following = next(chunks, None)
             if following is not None:
                 pending.append(submit(following))

@@ -202,6 +202,17 @@ def make_zip(folder: Path, out: Path) -> Path:
     return out
 
 
+def zip_with_member_data_zeroed(folder: Path, out: Path) -> bytes:
+    """A zip of `folder` whose directory is intact but one member's compressed data starts with 8 zero bytes."""
+    source = make_zip(folder, out)
+    with zipfile.ZipFile(source) as zf:
+        info = zf.getinfo(f"{ROOT_NAME}/Session1/dialog/transcriptions/Ses01F_impro01.txt")
+    data = bytearray(source.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)  # past the local header
+    data[start + 2:start + 10] = bytes(8)
+    return bytes(data)
+
+
 def tar_with_extra(folder: Path, out: Path, extra: tarfile.TarInfo, data: bytes | None = None,
                    compression: str = "gz") -> Path:
     """A good archive of `folder` with one more member appended after all the good ones."""

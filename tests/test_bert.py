@@ -43,9 +43,13 @@ def _load(folder) -> NativeBert:
     return load_native_bert(json.loads((folder / "config.json").read_text()), folder / "model.safetensors")
 
 
-def _close(native_out: torch.Tensor, hf_out: torch.Tensor, mask: torch.Tensor) -> float:
+def _max_difference(native: NativeBert, hf, ids: torch.Tensor, mask: torch.Tensor) -> float:
+    """Largest difference of the two encoders' last hidden states, over real (unpadded) tokens."""
+    with torch.no_grad():
+        got = native(ids, mask).last_hidden_state
+        expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state
     real = mask.bool()
-    return float((native_out[real] - hf_out[real]).abs().max())
+    return float((got[real] - expected[real]).abs().max())
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
@@ -54,10 +58,7 @@ def test_native_bert_equals_transformers_on_the_same_weights(tmp_path, act):
     native = _load(folder).eval()
     assert set(native.state_dict()) == set(hf.state_dict())  # checkpoints stay interchangeable
     ids, mask = _batch()
-    with torch.no_grad():
-        expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = native(ids, mask).last_hidden_state
-    assert _close(got, expected, mask) < 1e-5
+    assert _max_difference(native, hf, ids, mask) < 1e-5
 
 
 def test_packaged_minilm_natively_equals_transformers():
@@ -68,10 +69,7 @@ def test_packaged_minilm_natively_equals_transformers():
     assert isinstance(native, NativeBert)
     hf = AutoModel.from_pretrained(str(ref.path), local_files_only=True).eval()
     ids, mask = _batch(vocab=30000)
-    with torch.no_grad():
-        diff = _close(native(ids, mask).last_hidden_state, hf(input_ids=ids, attention_mask=mask).last_hidden_state,
-                      mask)
-    assert diff < 1e-4
+    assert _max_difference(native, hf, ids, mask) < 1e-4
 
 
 def test_original_google_checkpoint_names_load(tmp_path):
@@ -87,10 +85,7 @@ def test_original_google_checkpoint_names_load(tmp_path):
     save_file(renamed, str(folder / "model.safetensors"))
     native = _load(folder).eval()
     ids, mask = _batch()
-    with torch.no_grad():
-        diff = _close(native(ids, mask).last_hidden_state, hf(input_ids=ids, attention_mask=mask).last_hidden_state,
-                      mask)
-    assert diff < 1e-5
+    assert _max_difference(native, hf, ids, mask) < 1e-5
 
 
 def test_missing_or_misshapen_weights_are_refused(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from corpus_fixtures import (ROOT_NAME, build_corpus, make_tar, make_zip, tar_with_extra, wav_rel, write_file,
-                             zip_with_extra)
+                             zip_with_extra, zip_with_member_data_zeroed)
 from emocli.corpus import archive
 from emocli.corpus.archive import MARKER_NAME, detect_format, locate_root, open_source
 from emocli.corpus.iemocap import ReaderConfig, read_iemocap
@@ -309,13 +309,8 @@ def test_truncated_zip(staged: Path, tmp_path: Path, fraction: float) -> None:
 
 
 def test_corrupt_zip_member_data(staged: Path, tmp_path: Path) -> None:
-    source = make_zip(staged, tmp_path / "bad.zip")
-    with zipfile.ZipFile(source) as zf:
-        info = zf.getinfo(f"{ROOT_NAME}/Session1/dialog/transcriptions/Ses01F_impro01.txt")
-    data = bytearray(source.read_bytes())
-    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
-    data[start + 2:start + 10] = bytes(8)
-    source.write_bytes(bytes(data))
+    source = tmp_path / "bad.zip"
+    source.write_bytes(zip_with_member_data_zeroed(staged, source))
     with pytest.raises(ArchiveError, match="truncated or corrupt"):
         open_source(source, tmp_path / "work")
 

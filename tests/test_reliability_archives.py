@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from corpus_fixtures import (ROOT_NAME, build_corpus, make_tar, make_zip, tar_with_extra, wav_rel, write_file,
-                             zip_with_extra)
+                             zip_with_extra, zip_with_member_data_zeroed)
 from emocli.synth import SynthConfig, synthesize
 from test_corpus_archive import _hostile_tar_members, _info, _zip_info
 from test_reliability_common import assert_refused, cli, tree
@@ -176,13 +176,7 @@ def _tar_cut_at_member(staged: Path, tmp: Path) -> bytes:
 
 
 def _zip_member_zeroed(staged: Path, tmp: Path) -> bytes:
-    source = make_zip(staged, tmp / "g.zip")
-    with zipfile.ZipFile(source) as zf:
-        info = zf.getinfo(f"{ROOT_NAME}/Session1/dialog/transcriptions/Ses01F_impro01.txt")
-    data = bytearray(source.read_bytes())
-    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
-    data[start + 2:start + 10] = bytes(8)
-    return bytes(data)
+    return zip_with_member_data_zeroed(staged, tmp / "g.zip")
 
 
 DAMAGED = {
