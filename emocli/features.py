@@ -217,6 +217,34 @@ def audio_features(path: Path, config: FeatureConfig) -> tuple[np.ndarray, float
     return log_mel(audio, config), audio.size / config.sample_rate
 
 
+_F16_SMALLEST_NORMAL = 0x38800000  # float32 bits of 2**-14: below it, float16 goes subnormal
+_F16_ROUNDS_TO_INF = 0x477FF000  # float32 bits from which float16 rounds to infinity
+_F16_ROUND_AND_REBIAS = (0x0FFF - (112 << 23)) & 0xFFFFFFFF  # half an ulp less one; exponent bias 127 -> 15
+
+
+def to_float16(values: np.ndarray) -> np.ndarray:
+    """float32 -> float16 with round-to-nearest-even, bit for bit what `astype(np.float16)` gives.
+
+    numpy's cast is scalar on this project's CPUs (0.15 ms per 4.5 s spectrogram, a seventh of a worker's time
+    per file); on the bits it is a few vector passes (0.05 ms). Only normal float16 values take the fast path, which
+    log-mel dB almost always are; anything else (zero, subnormal, overflow, NaN) falls back to numpy's cast.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    bits = values.view(np.uint32)
+    magnitude = bits & np.uint32(0x7FFFFFFF)
+    if magnitude.size == 0 or magnitude.min() < _F16_SMALLEST_NORMAL or magnitude.max() >= _F16_ROUNDS_TO_INF:
+        return values.astype(np.float16)
+    half = magnitude >> 13
+    half &= np.uint32(1)  # the kept mantissa's lowest bit: ties round to even
+    half += magnitude
+    half += np.uint32(_F16_ROUND_AND_REBIAS)
+    half >>= 13
+    sign = bits >> 16
+    sign &= np.uint32(0x8000)
+    half |= sign
+    return half.astype(np.uint16).view(np.float16)
+
+
 def tokenize(tokenizer, texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """Token ids (N, max_tokens) int32 and attention mask (N, max_tokens) int8, padded to a fixed length.
 
@@ -251,15 +279,17 @@ _SERIAL_BELOW = 8  # files: a process pool costs more than it saves on a handful
 
 
 @contextlib.contextmanager
-def parallel_map(n_items: int, workers: int = 0, chunksize: int = 8) -> Iterator:
-    """An ordered, lazy map over every core for feature extraction (plain `map` for a handful of items).
+def parallel_map(n_items: int | None = None, workers: int = 0, chunksize: int = 8) -> Iterator:
+    """An ordered map over every core for feature extraction (plain `map` for a handful of items; `None`:
+    not known yet, a pool).
 
     Shared by prepare and predict. Open it before loading torch or opening HDF5 files: workers are forked,
-    and neither an HDF5 handle nor a running thread pool may cross a fork.
+    and neither an HDF5 handle nor a running thread pool may cross a fork. The workers start and import what
+    they need at once, while the caller goes on (reading the corpus, loading the model).
     """
     keep_freed_memory()
     n_workers = workers or os.cpu_count() or 1
-    if n_workers == 1 or n_items < _SERIAL_BELOW:
+    if n_workers == 1 or (n_items is not None and n_items < _SERIAL_BELOW):
         yield map
         return
     window = 4 * n_workers
@@ -269,6 +299,7 @@ def parallel_map(n_items: int, workers: int = 0, chunksize: int = 8) -> Iterator
     # and on SIGTERM a worker may ignore; the executor's shutdown only cancels what has not started.
     executor = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
                                    initializer=_init_worker)
+    executor.submit(int)  # the executor forks on its first submit: every worker starts (and warms up) now
     try:
         yield lambda fn, jobs: _windowed_map(executor, fn, list(jobs), chunksize, window, slots)
     finally:
@@ -421,3 +452,5 @@ def _init_worker() -> None:
         threadpool_limits(1)
     except ImportError:
         pass
+    import scipy.fft  # noqa: F401  log_mel's imports (~0.3 s), paid here while the parent is still busy
+    import scipy.sparse  # noqa: F401

@@ -17,7 +17,7 @@ import numpy as np
 from emocli import cache
 from emocli.corpus.records import LabelSet, ReadReport, get_label_set
 from emocli.errors import AudioError, CacheError, CorpusError
-from emocli.features import FeatureConfig, audio_features, parallel_map, tokenize
+from emocli.features import FeatureConfig, audio_features, parallel_map, to_float16, tokenize
 from emocli.text_model import DEFAULT_TEXT_MODEL, resolve_text_model, tokenizer_identity
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
@@ -73,8 +73,11 @@ def prepare(source: Path, cache_path: Path, config: PrepareConfig = PrepareConfi
         if hit is not None:
             return PrepareResult(cache_path, digest, True, hit.summary, [], time.perf_counter() - started)
         cache.remove_stale_temporaries(cache_path)
-        report = read_source(source, config, workdir, progress)
-        summary = _build(cache_path, report, config, text_ref, inputs, progress)
+        # The pool forks before the corpus is read (and before the HDF5 file is opened: no HDF5 handle may cross
+        # a fork), so that its workers start and import their libraries meanwhile.
+        with parallel_map(workers=config.workers) as feature_map:
+            report = read_source(source, config, workdir, progress)
+            summary = _build(cache_path, report, config, text_ref, inputs, feature_map, progress)
     return PrepareResult(cache_path, digest, False, summary, report.problems, time.perf_counter() - started)
 
 
@@ -132,7 +135,7 @@ def _cache_hit(cache_path: Path, digest: str) -> cache.CacheMeta | None:
     return meta if meta.fingerprint == digest else None
 
 
-def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref, inputs: dict,
+def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref, inputs: dict, feature_map: Callable,
            progress: ProgressCallback | None) -> dict:
     from emocli.text_model import load_fast_tokenizer, verify_weights
 
@@ -143,39 +146,38 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(str(u.audio_path), config.features) for u in utterances]
     failed: set[str] = set()
-    # The pool is forked before the HDF5 file is opened (no HDF5 handle may cross a fork), and the map submits
-    # its first chunks at once: checking the weights, loading the tokenizer and tokenising overlap the features.
-    with parallel_map(len(jobs), config.workers) as feature_map:
-        results = feature_map(_extract_one, jobs)
-        verify_weights(text_ref)  # the packaged default is checked against its published sha256
-        ids, masks = tokenize(load_fast_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
-        try:
-            writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)
-        except OSError as exc:
-            raise CacheError(f"cannot create the cache beside {cache_path}: {exc.strerror or exc}") from None
-        try:
-            for i, (spec, duration, error) in enumerate(results):
-                utt = utterances[i]
-                if error is not None:
-                    failed.add(utt.utt_id)
-                    report.skip("unreadable audio", f"{utt.utt_id}: {error}")
-                else:
-                    writer.append(utt, label_set.class_index(utt.label), spec, ids[i], masks[i], duration)
-                if progress:
-                    progress("features", i + 1, len(jobs))
-            if len(writer) == 0:
-                raise CorpusError(f"no usable audio in {report.source}: every wav failed to decode "
-                                  f"(first: {report.problems[-1] if report.problems else 'unknown'})")
-            report.utterances = [u for u in utterances if u.utt_id not in failed]
-            summary = report.summary()
-            writer.commit(inputs, summary)
-        except OSError as exc:  # a full disk, most often: the previous cache is untouched until the rename
-            writer.abort()
-            raise CacheError(f"cannot write the cache {cache_path}: {exc.strerror or exc}; the previous cache, "
-                             f"if any, is intact") from None
-        except BaseException:
-            writer.abort()  # KeyboardInterrupt included: never leave a half-written file behind
-            raise
+    # The map submits its first chunks at once: checking the weights, loading the tokenizer and tokenising
+    # overlap the features.
+    results = feature_map(_extract_one, jobs)
+    verify_weights(text_ref)  # the packaged default is checked against its published sha256
+    ids, masks = tokenize(load_fast_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
+    try:
+        writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)
+    except OSError as exc:
+        raise CacheError(f"cannot create the cache beside {cache_path}: {exc.strerror or exc}") from None
+    try:
+        for i, (spec, duration, error) in enumerate(results):
+            utt = utterances[i]
+            if error is not None:
+                failed.add(utt.utt_id)
+                report.skip("unreadable audio", f"{utt.utt_id}: {error}")
+            else:
+                writer.append(utt, label_set.class_index(utt.label), spec, ids[i], masks[i], duration)
+            if progress:
+                progress("features", i + 1, len(jobs))
+        if len(writer) == 0:
+            raise CorpusError(f"no usable audio in {report.source}: every wav failed to decode "
+                              f"(first: {report.problems[-1] if report.problems else 'unknown'})")
+        report.utterances = [u for u in utterances if u.utt_id not in failed]
+        summary = report.summary()
+        writer.commit(inputs, summary)
+    except OSError as exc:  # a full disk, most often: the previous cache is untouched until the rename
+        writer.abort()
+        raise CacheError(f"cannot write the cache {cache_path}: {exc.strerror or exc}; the previous cache, "
+                         f"if any, is intact") from None
+    except BaseException:
+        writer.abort()  # KeyboardInterrupt included: never leave a half-written file behind
+        raise
     return summary
 
 
@@ -193,4 +195,4 @@ def _extract_one(job: tuple[str, FeatureConfig]) -> tuple[np.ndarray | None, flo
         return None, 0.0, str(exc)
     # float16 halves what crosses the process boundary; time-major is the cache's layout, so the transposing copy
     # is done here, in parallel, and the main process stores the block as it comes.
-    return np.ascontiguousarray(spec.T, dtype=np.float16).T, duration, None
+    return to_float16(spec.T).T, duration, None

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from emocli.errors import AudioError
-from emocli.features import FeatureConfig, audio_features, load_audio, log_mel, tokenize
+from emocli.features import FeatureConfig, audio_features, load_audio, log_mel, to_float16, tokenize
 
 RATE = 16_000
 
@@ -124,6 +124,31 @@ def test_long_file_truncated_and_clipped(tmp_path):
     assert np.isfinite(spec).all()
 
 
+def _float16_bits(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.float16).view(np.uint16)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # 1e6 and inf, on purpose
+def test_float16_cast_equals_numpys_bit_for_bit():
+    """Every 97th float32 of the fast path's range, both signs (ties to even included: every mantissa pattern
+    of the 13 dropped bits occurs), plus the values that must fall back: zero, subnormals, overflow, inf, NaN."""
+    patterns = np.arange(0x38800000, 0x47800000, 97, dtype=np.uint32)
+    ties = (np.arange(0x38800000, 0x47800000, 1 << 13, dtype=np.uint32) | np.uint32(1 << 12))  # exact halves
+    for bits in (patterns, ties):
+        for sign in (0, 0x80000000):
+            values = (bits | np.uint32(sign)).view(np.float32)
+            np.testing.assert_array_equal(to_float16(values).view(np.uint16), _float16_bits(values))
+    log_mel_like = np.random.default_rng(0).uniform(-100, 40, (7, 128)).astype(np.float32)
+    np.testing.assert_array_equal(to_float16(log_mel_like).view(np.uint16), _float16_bits(log_mel_like))
+    for special in (0.0, -0.0, 1e-6, 3e-8, 65519.0, 65520.0, 1e6, np.inf, -np.inf, np.nan):
+        values = np.array([-50.0, special], np.float32)
+        np.testing.assert_array_equal(to_float16(values).view(np.uint16), _float16_bits(values))
+    transposed = log_mel_like.T  # not contiguous: same values, same shape
+    assert to_float16(transposed).shape == transposed.shape
+    np.testing.assert_array_equal(to_float16(transposed).view(np.uint16), _float16_bits(transposed))
+    assert to_float16(np.zeros((0, 128), np.float32)).shape == (0, 128)
+
+
 def test_tokenize_fixed_length(tiny_bert_dir):
     from emocli.text_model import load_tokenizer, resolve_text_model
 
@@ -233,3 +258,27 @@ def test_pool_starts_working_before_the_first_result_is_asked_for(tmp_path):
             time.sleep(0.01)
         assert all(Path(j).exists() for j in jobs[:8]), "no job ran before the first result was asked for"
         assert list(results) == jobs
+
+
+def _worker_pid(_: int) -> int:
+    import os
+
+    return os.getpid()
+
+
+def test_pool_workers_start_when_it_opens():
+    """prepare reads the corpus while the workers fork and import their libraries: they must exist before the
+    first map is called, and with the item count not yet known."""
+    import multiprocessing
+    import time
+
+    from emocli.features import parallel_map
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    with parallel_map(workers=2) as feature_map:
+        deadline = time.monotonic() + 30
+        while len({p.pid for p in multiprocessing.active_children()} - before) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = {p.pid for p in multiprocessing.active_children()} - before
+        assert len(started) == 2, "the pool did not start its workers on opening"
+        assert set(feature_map(_worker_pid, range(20))) <= started
