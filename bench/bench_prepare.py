@@ -22,6 +22,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -137,7 +138,9 @@ def main() -> None:
     parser.add_argument("--wavs", type=int, nargs="+", default=[1000, 4000, 10000])
     parser.add_argument("--mean-seconds", type=float, default=4.5)
     parser.add_argument("--repeats", type=int, default=2, help="best of N for each timed method (noisy machines)")
-    parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench-prepare")
+    # Outside the checkout by default: on the project's VM something watches the checkout, and every file
+    # created under it costs 0.3 ms instead of 0.03 (3 s of unpacking 10k wavs that no user pays).
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "emocli-bench-prepare")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "prepare.json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
