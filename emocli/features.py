@@ -264,8 +264,11 @@ def keep_freed_memory(pad_bytes: int = 64 << 20) -> None:
     """Let glibc keep up to `pad_bytes` of freed heap instead of returning it to the OS at once.
 
     Each spectrogram allocates a few ~1 MB arrays; by default glibc hands them back on free and the next file
-    page-faults them in again, which was half of `log_mel`'s time (1.39 -> 0.66 ms per 4.5 s file). Inherited
-    by forked workers. A no-op where the C library is not glibc.
+    page-faults them in again, which was half of `log_mel`'s time (1.39 -> 0.66 ms per 4.5 s file). A no-op
+    where the C library is not glibc.
+
+    Set only where spectrograms are computed (each pool worker, or the caller of a serial map): set in prepare's
+    main process, the thread inflating the archive kept 64 MB in its own arena too (peak RSS +50 MB).
     """
     import ctypes
 
@@ -287,9 +290,9 @@ def parallel_map(n_items: int | None = None, workers: int = 0, chunksize: int = 
     and neither an HDF5 handle nor a running thread pool may cross a fork. The workers start and import what
     they need at once, while the caller goes on (reading the corpus, loading the model).
     """
-    keep_freed_memory()
     n_workers = workers or os.cpu_count() or 1
     if n_workers == 1 or (n_items is not None and n_items < _SERIAL_BELOW):
+        keep_freed_memory()  # this process computes the spectrograms
         yield map
         return
     window = 4 * n_workers
@@ -445,6 +448,7 @@ def _init_worker() -> None:
     is the parent's to handle: it stops the pool, while an interrupted worker would print its own traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    keep_freed_memory()
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         from threadpoolctl import threadpool_limits
@@ -452,5 +456,7 @@ def _init_worker() -> None:
         threadpool_limits(1)
     except ImportError:
         pass
-    import scipy.fft  # noqa: F401  log_mel's imports (~0.3 s), paid here while the parent is still busy
-    import scipy.sparse  # noqa: F401
+    import importlib
+
+    for module in ("scipy.fft", "scipy.sparse"):  # log_mel's imports (~0.3 s), paid while the parent is still busy
+        importlib.import_module(module)
