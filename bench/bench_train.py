@@ -85,7 +85,7 @@ def naive(cache_path: Path, text_model: str, device: str, seconds_budget: float,
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from emocli.model import EmotionModel, ModelConfig
+    from emocli.model import EmotionModel
 
     class PerItem(Dataset):
         def __init__(self, path):
@@ -164,7 +164,7 @@ def bf16_matmul_tflops() -> float:
 def flops_per_item(cache_path: Path, text_model: str) -> float:
     """Counted forward FLOPs of one average utterance (mean frames, mean tokens) of this cache."""
     from emocli.cache import read_cache
-    from emocli.model import EmotionModel, ModelConfig
+    from emocli.model import EmotionModel
 
     data = read_cache(cache_path)
     model = EmotionModel(model_config(text_model))
