@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import signal
+import struct
 from dataclasses import asdict, dataclass
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
@@ -59,8 +60,6 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE_HZ, max_seconds: float
 
     Raises AudioError with the file name for anything that is not usable audio.
     """
-    import soundfile as sf
-
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -69,20 +68,16 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE_HZ, max_seconds: float
     if size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
     try:
-        with sf.SoundFile(str(path)) as handle:
-            native_rate = handle.samplerate
-            # Integer PCM decodes to finite values within full scale: the checks below are for float data.
-            exact = handle.subtype.startswith("PCM_")
-            # Read no more than we keep: a 10-minute file costs no more than max_seconds of decoding.
-            frames = -1 if max_seconds is None else int(np.ceil(max_seconds * native_rate))
-            if handle.subtype == "PCM_16":  # IEMOCAP's format; numpy's conversion is 2x faster than libsndfile's
-                audio = handle.read(frames=frames, dtype="int16", always_2d=True).astype(np.float32)
-                audio *= np.float32(1 / 32768)  # exact, and the very values libsndfile's float read gives
-            else:
-                audio = handle.read(frames=frames, dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError for odd headers
-        audio, native_rate = _load_with_librosa(path, max_seconds, exc)
-        exact = False
+        canonical = _read_canonical_wav(path, size, max_seconds)
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if canonical is not None:
+        pcm, native_rate = canonical
+        audio = pcm.astype(np.float32)
+        audio *= np.float32(1 / 32768)  # the very floats libsndfile gives (tested)
+        exact = True
+    else:
+        audio, native_rate, exact = _read_with_soundfile(path, max_seconds)
     if audio.size == 0:
         raise AudioError(f"{path}: no samples (header only)")
     if not exact:
@@ -106,6 +101,56 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE_HZ, max_seconds: float
     if silence_peak > 0 and max(float(audio.max()), -float(audio.min())) < silence_peak:
         raise AudioError(f"{path}: silent (peak amplitude below {silence_peak})")
     return audio
+
+
+_CANONICAL_HEADER_BYTES = 44
+
+
+def _read_canonical_wav(path: Path, size: int, max_seconds: float | None) -> tuple[np.ndarray, int] | None:
+    """The int16 samples and rate of a wav in IEMOCAP's own layout, read by numpy; None for any other file.
+
+    That layout is the plainest there is: a 44-byte RIFF header (a 16-byte PCM `fmt ` chunk, then `data`), mono,
+    16-bit, the data running exactly to the end of the file. libsndfile's general reader costs twice as long per
+    file; anything that departs from this layout in any field (extra chunks, other formats, a size that does
+    not match the file's, as in a truncated copy) is left to it, so odd files behave as they always did.
+    """
+    with open(path, "rb") as handle:
+        header = handle.read(_CANONICAL_HEADER_BYTES)
+        if (len(header) < _CANONICAL_HEADER_BYTES or header[:4] != b"RIFF" or header[8:16] != b"WAVEfmt "
+                or header[36:40] != b"data"):
+            return None
+        fmt_bytes, tag, channels, rate, byte_rate, align, bits = struct.unpack_from("<IHHIIHH", header, 16)
+        (data_bytes,) = struct.unpack_from("<I", header, 40)
+        if (fmt_bytes, tag, channels, bits, align) != (16, 1, 1, 16, 2) or byte_rate != 2 * rate or rate == 0:
+            return None
+        if data_bytes != size - _CANONICAL_HEADER_BYTES or data_bytes % 2:
+            return None
+        frames = data_bytes // 2
+        if max_seconds is not None:
+            frames = min(frames, int(np.ceil(max_seconds * rate)))
+        return np.fromfile(handle, dtype="<i2", count=frames), rate
+
+
+def _read_with_soundfile(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int, bool]:
+    """Samples (frames, channels), rate, and whether they are integer PCM (finite, within full scale)."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            native_rate = handle.samplerate
+            # Integer PCM decodes to finite values within full scale: the checks below are for float data.
+            exact = handle.subtype.startswith("PCM_")
+            # Read no more than we keep: a 10-minute file costs no more than max_seconds of decoding.
+            frames = -1 if max_seconds is None else int(np.ceil(max_seconds * native_rate))
+            if handle.subtype == "PCM_16":  # numpy's conversion is 2x faster than libsndfile's
+                audio = handle.read(frames=frames, dtype="int16", always_2d=True).astype(np.float32)
+                audio *= np.float32(1 / 32768)  # exact, and the very values libsndfile's float read gives
+            else:
+                audio = handle.read(frames=frames, dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError for odd headers
+        audio, native_rate = _load_with_librosa(path, max_seconds, exc)
+        exact = False
+    return audio, native_rate, exact
 
 
 def _load_with_librosa(path: Path, max_seconds: float | None, first_error: Exception) -> tuple[np.ndarray, int]:

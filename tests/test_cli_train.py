@@ -89,12 +89,20 @@ def test_other_configuration_on_same_run_is_refused(cache_path, tmp_path):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
+_LOST_PORT_RACE = "Address already in use"
+
+
 def test_torchrun_runs_the_cli(cache_path, tmp_path):
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "emocli",
                "train", str(cache_path), "--run-dir", str(run), "--epochs", "1", "--repeats", "1", *TINY, "--json"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=subprocess_env(), timeout=240)
-    assert done.returncode == 0, done.stderr[-2000:]
+    if done.returncode != 0 and _LOST_PORT_RACE in done.stderr:
+        # torchrun --standalone picks a free port and binds it later; with other tests running, another process
+        # can take it in between. That race is torch's, not ours: once more. Any other failure is reported with
+        # both output tails (one unexplained failure, seen once, had left only a truncated stderr).
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=subprocess_env(), timeout=240)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-1000:]}\n{done.stderr[-3000:]}"
     summaries = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1  # rank 0 alone prints
     assert [f["name"] for f in json.loads(summaries[0])["folds"]] == ["random-0"]

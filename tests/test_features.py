@@ -46,6 +46,66 @@ def test_any_pcm_subtype_decodes(tmp_path, subtype):
     assert np.abs(audio).max() == pytest.approx(0.3, abs=0.02)
 
 
+def _wav_bytes(samples: np.ndarray, rate: int = RATE, channels: int = 1, bits: int = 16, fmt_tag: int = 1,
+               extra_chunk: bytes = b"", data_bytes: int | None = None, trailing: bytes = b"") -> bytes:
+    """A hand-made wav: the canonical 44-byte layout unless one field is bent."""
+    import struct
+
+    data = samples.astype("<i2").tobytes()
+    declared = len(data) if data_bytes is None else data_bytes
+    fmt = struct.pack("<HHIIHH", fmt_tag, channels, rate, rate * channels * bits // 8, channels * bits // 8, bits)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + extra_chunk + b"data" + struct.pack("<I", declared)
+    return b"RIFF" + struct.pack("<I", len(body) + len(data) + len(trailing)) + body + data + trailing
+
+
+def test_canonical_wavs_are_read_by_numpy_as_libsndfile_reads_them(tmp_path):
+    """IEMOCAP's layout (and what soundfile and the generator write) takes the numpy path; the samples are the
+    very floats libsndfile gives, full scale and truncation to max_seconds included."""
+    from emocli.features import _read_canonical_wav
+
+    raw = np.random.default_rng(0).integers(-32768, 32768, size=RATE, dtype=np.int16)
+    raw[:2] = [-32768, 32767]
+    handmade, written = tmp_path / "handmade.wav", tmp_path / "soundfile.wav"
+    handmade.write_bytes(_wav_bytes(raw))
+    sf.write(written, raw, RATE, subtype="PCM_16")
+    for path in (handmade, written):
+        assert _read_canonical_wav(path, path.stat().st_size, None) is not None, path.name
+        reference = sf.read(path, dtype="float32")[0]
+        np.testing.assert_array_equal(load_audio(path), reference)
+        np.testing.assert_array_equal(load_audio(path, max_seconds=0.25), reference[: RATE // 4])
+    other_rate = tmp_path / "8k.wav"  # canonical at another rate: read by numpy, resampled as any other file
+    other_rate.write_bytes(_wav_bytes(raw, rate=8000))
+    assert _read_canonical_wav(other_rate, other_rate.stat().st_size, None) is not None
+    expected = librosa.resample(sf.read(other_rate, dtype="float32")[0], orig_sr=8000, target_sr=RATE, res_type="soxr_hq")
+    np.testing.assert_array_equal(load_audio(other_rate), np.clip(expected, -1.0, 1.0))
+
+
+@pytest.mark.parametrize("bent", ["extra chunk", "stereo", "24 bit", "extensible", "truncated", "trailing chunk"])
+def test_other_wav_layouts_go_to_libsndfile_and_decode_as_before(tmp_path, bent):
+    from emocli.features import _read_canonical_wav
+
+    raw = np.random.default_rng(1).integers(-20000, 20000, size=RATE // 2, dtype=np.int16)
+    variants = {
+        "extra chunk": dict(extra_chunk=b"LIST" + (4).to_bytes(4, "little") + b"INFO"),
+        "stereo": dict(channels=2),
+        "24 bit": None,
+        "extensible": None,
+        "truncated": dict(data_bytes=raw.nbytes + 4000),
+        "trailing chunk": dict(trailing=b"junk" + (4).to_bytes(4, "little") + b"abcd"),
+    }
+    path = tmp_path / "bent.wav"
+    if bent == "24 bit":
+        sf.write(path, raw, RATE, subtype="PCM_24")
+    elif bent == "extensible":
+        sf.write(path, np.stack([raw, raw], axis=1), RATE, subtype="PCM_16", format="WAVEX")
+    else:
+        path.write_bytes(_wav_bytes(raw, **variants[bent]))
+    assert _read_canonical_wav(path, path.stat().st_size, None) is None
+    reference = sf.read(path, dtype="float32", always_2d=True)[0]
+    expected = reference[:, 0] if reference.shape[1] == 1 else np.clip(reference.mean(axis=1), -1.0, 1.0)
+    np.testing.assert_array_equal(load_audio(path), expected)
+
+
 @pytest.mark.parametrize("channels", [1, 2])
 def test_pcm16_decodes_to_exactly_libsndfiles_floats(tmp_path, channels):
     """PCM_16 is converted by numpy, not libsndfile (2x faster): the samples must be the very same floats,
