@@ -293,13 +293,23 @@ def to_float16(values: np.ndarray) -> np.ndarray:
 def tokenize(tokenizer, texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """Token ids (N, max_tokens) int32 and attention mask (N, max_tokens) int8, padded to a fixed length.
 
-    A fixed length keeps the cache rectangular, so training reads it in one slice.
+    A fixed length keeps the cache rectangular, so training reads it in one slice. Tokenised in blocks: the
+    tokenizer's per-text objects (tokens, offsets, Python int lists) cost ~6 KB a text, 33 MB of prepare's peak
+    for IEMOCAP's 5.5k transcripts when made all at once.
     """
-    encoded = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_tokens,
-                        return_attention_mask=True, return_token_type_ids=False)
-    ids = np.asarray(encoded["input_ids"], dtype=np.int32).reshape(len(texts), max_tokens)
-    mask = np.asarray(encoded["attention_mask"], dtype=np.int8).reshape(len(texts), max_tokens)
+    texts = list(texts)
+    ids = np.zeros((len(texts), max_tokens), dtype=np.int32)
+    mask = np.zeros((len(texts), max_tokens), dtype=np.int8)
+    for start in range(0, len(texts), _TOKENIZE_BLOCK):
+        block = texts[start:start + _TOKENIZE_BLOCK]
+        encoded = tokenizer(block, padding="max_length", truncation=True, max_length=max_tokens,
+                            return_attention_mask=True, return_token_type_ids=False)
+        ids[start:start + len(block)] = np.asarray(encoded["input_ids"], dtype=np.int32).reshape(len(block), -1)
+        mask[start:start + len(block)] = np.asarray(encoded["attention_mask"], dtype=np.int8).reshape(len(block), -1)
     return ids, mask
+
+
+_TOKENIZE_BLOCK = 512
 
 
 _M_TOP_PAD = -2  # glibc's mallopt parameter number

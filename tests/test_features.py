@@ -220,6 +220,22 @@ def test_tokenize_fixed_length(tiny_bert_dir):
     assert (ids[0][mask[0] == 1] != tok.unk_token_id).all()
 
 
+def test_tokenize_in_blocks_equals_one_call(tiny_bert_dir):
+    """Blocks bound prepare's memory; across block boundaries the rows are what one call gives, in order."""
+    from emocli.features import _TOKENIZE_BLOCK
+    from emocli.text_model import load_tokenizer, resolve_text_model
+
+    tok = load_tokenizer(resolve_text_model(tiny_bert_dir))
+    rng = np.random.default_rng(0)
+    words = ["yes", "no", "[LAUGHTER]", "what", "happened", "I'm", "fine", "okay"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(0, 30))) for _ in range(2 * _TOKENIZE_BLOCK + 7)]
+    ids, mask = tokenize(tok, texts, 16)
+    whole = tok(texts, padding="max_length", truncation=True, max_length=16)
+    np.testing.assert_array_equal(ids, np.asarray(whole["input_ids"], dtype=np.int32))
+    np.testing.assert_array_equal(mask, np.asarray(whole["attention_mask"], dtype=np.int8))
+    assert tokenize(tok, [], 16)[0].shape == (0, 16)
+
+
 @pytest.mark.parametrize("n_mels, fmin, fmax", [(128, 0.0, 8000.0), (64, 50.0, 7600.0)])
 def test_mel_filterbank_equals_librosa(n_mels, fmin, fmax):
     from emocli.features import _mel_basis
