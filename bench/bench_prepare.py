@@ -1,6 +1,6 @@
 """Benchmark `emocli prepare` against a plain serial librosa loop and the soundfile decode floor.
 
-Run: .venv/bin/python bench/bench_prepare.py [--wavs 1000 4000 10000] [--mean-seconds 4.5] [--repeats 2]
+Run: .venv/bin/python bench/bench_prepare.py [--wavs 1000 4000 10000] [--mean-seconds 4.5] [--repeats 3]
 Corpora are IEMOCAP-shaped: mean utterance 4.5 s, and 55 % of the wavs in the 4 classes (IEMOCAP: 5,531 of
 10,039), so `--wavs 10000` is an IEMOCAP-sized archive (~10k wavs, ~12 h) of which ~5.5k utterances are kept.
 Each size: generate the corpus, then in the same run measure
@@ -11,7 +11,7 @@ Each size: generate the corpus, then in the same run measure
   (e) the command again (cache hit), wall time of the whole process,
   (f) peak RSS (VmHWM) of the prepare process and, separately, of its worker processes (sampled every 50 ms).
 Machines here are noisy: the ratios to (a) matter, not the absolute times. Each of (a)-(d) is the best of
-`--repeats` runs (default 2), the methods interleaved; every run's time is kept in the JSON.
+`--repeats` runs (default 3), the methods interleaved; every run's time is kept in the JSON.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wavs", type=int, nargs="+", default=[1000, 4000, 10000])
     parser.add_argument("--mean-seconds", type=float, default=4.5)
-    parser.add_argument("--repeats", type=int, default=2, help="best of N for each timed method (noisy machines)")
+    parser.add_argument("--repeats", type=int, default=3, help="best of N for each timed method (noisy machines)")
     # Outside the checkout by default: on the project's VM something watches the checkout, and every file
     # created under it costs 0.3 ms instead of 0.03 (3 s of unpacking 10k wavs that no user pays).
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "emocli-bench-prepare")
