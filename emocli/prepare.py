@@ -137,7 +137,7 @@ def _cache_hit(cache_path: Path, digest: str) -> cache.CacheMeta | None:
 
 def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref, inputs: dict, feature_map: Callable,
            progress: ProgressCallback | None) -> dict:
-    from emocli.text_model import load_fast_tokenizer, verify_weights
+    from emocli.text_model import load_fast_tokenizer
 
     utterances = report.utterances
     if not utterances:
@@ -146,10 +146,9 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(str(u.audio_path), config.features) for u in utterances]
     failed: set[str] = set()
-    # The map submits its first chunks at once: checking the weights, loading the tokenizer and tokenising
-    # overlap the features.
+    # The map submits its first chunks at once: loading the tokenizer and tokenising overlap the features. Only
+    # the tokenizer is read here; the encoder's weights are checked where they are loaded (train, predict).
     results = feature_map(_extract_one, jobs)
-    verify_weights(text_ref)  # the packaged default is checked against its published sha256
     ids, masks = tokenize(load_fast_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
     try:
         writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)

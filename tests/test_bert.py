@@ -131,3 +131,16 @@ def test_a_saved_config_rebuilds_the_native_encoder(tiny_bert_dir):
     rebuilt = TextEncoder.from_config(json.loads(json.dumps(encoder.hf_config())))
     assert isinstance(rebuilt.encoder, NativeBert)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in encoder.state_dict().items()}
+
+
+def test_weights_whose_checksum_differs_from_the_published_one_are_refused(tiny_bert_dir):
+    """prepare no longer hashes the weights (it reads only the tokenizer); loading them still checks."""
+    import dataclasses
+
+    from emocli.text_model import file_sha256, weights_file
+
+    ref = resolve_text_model(tiny_bert_dir)
+    published = dataclasses.replace(ref, expected_sha256=file_sha256(weights_file(ref)))
+    assert isinstance(load_encoder(published), torch.nn.Module)
+    with pytest.raises(TextModelError, match="corrupt or replaced"):
+        load_encoder(dataclasses.replace(ref, expected_sha256="0" * 64))
