@@ -131,6 +131,10 @@ def run_size(n_wavs: int, mean_seconds: float, work: Path, repeats: int = 1) -> 
                    capture_output=True, cwd=ROOT)
     cached_s = time.perf_counter() - t0
     n = len(wavs)
+    # Each round's own ratio too: its serial loop and its prepare ran seconds apart, so a slow spell of this
+    # shared machine that lands on one method only (and survives a best-of) shows as one odd round.
+    folder_rounds = [s / f["seconds"] for s, f in zip(serials, folders)]
+    archive_rounds = [s / c["seconds"] for s, c in zip(serials, colds)]
     return {
         "wavs_in_archive": len(truth.codes), "utterances": n, "audio_hours": audio_s / 3600, "synth_s": synth_s,
         "archive_mb": truth.archive.stat().st_size / 2**20,
@@ -140,6 +144,8 @@ def run_size(n_wavs: int, mean_seconds: float, work: Path, repeats: int = 1) -> 
         "prepare_archive_audio_s_per_s": audio_s / cold["seconds"], "archive_x_serial": serial_s / cold["seconds"],
         "prepare_folder_s": folder["seconds"], "prepare_folder_utt_per_s": n / folder["seconds"],
         "prepare_folder_audio_s_per_s": audio_s / folder["seconds"], "folder_x_serial": serial_s / folder["seconds"],
+        "folder_x_serial_per_round": folder_rounds, "folder_x_serial_median_round": float(np.median(folder_rounds)),
+        "archive_x_serial_per_round": archive_rounds, "archive_x_serial_median_round": float(np.median(archive_rounds)),
         "repeats": repeats, "prepare_archive_all_s": [r["seconds"] for r in colds],
         "prepare_folder_all_s": [r["seconds"] for r in folders], "serial_librosa_all_s": serials,
         "cached_rerun_s": cached_s,
@@ -166,13 +172,16 @@ def main() -> None:
 
     table = Table(title=f"prepare on {platform.node()} ({len(__import__('os').sched_getaffinity(0))} cores)")
     for col in ("wavs", "kept utts", "audio h", "serial utt/s", "decode utt/s", "archive utt/s", "x serial",
-                "folder utt/s", "x serial", "cached s", "RSS main MB", "RSS worker MB"):
+                "(median round)", "folder utt/s", "x serial", "(median round)", "cached s", "RSS main MB",
+                "RSS worker MB"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["wavs_in_archive"]), str(r["utterances"]), f"{r['audio_hours']:.2f}",
                       f"{r['serial_utt_per_s']:.0f}", f"{r['decode_utt_per_s']:.0f}",
                       f"{r['prepare_archive_utt_per_s']:.0f}", f"{r['archive_x_serial']:.2f}",
+                      f"{r['archive_x_serial_median_round']:.2f}",
                       f"{r['prepare_folder_utt_per_s']:.0f}", f"{r['folder_x_serial']:.2f}",
+                      f"{r['folder_x_serial_median_round']:.2f}",
                       f"{r['cached_rerun_s']:.2f}", f"{r['peak_rss_main_mb']:.0f}", f"{r['peak_rss_worker_mb']:.0f}")
     Console().print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
