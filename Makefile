@@ -48,7 +48,7 @@ demo: $(STAMP)
 	  --transcripts $(DEMO)/new/transcripts.csv --output $(DEMO)/predictions.csv --show 12
 
 # The CPU benchmarks (bench/RESULTS.md): prepare at 1k/4k/10k wavs, predict over 500 files, train per epoch.
-# Roughly 20 minutes on 2 cores. On a GPU machine: $(PY) bench/bench_train.py --bert-base --modes gpu-fp32
+# Roughly 25 minutes on 2 cores. On a GPU machine: $(PY) bench/bench_train.py --bert-base --modes gpu-fp32
 # gpu-bf16 naive-gpu --per-class 1383
 bench: $(STAMP)
 	$(PY) bench/bench_prepare.py
