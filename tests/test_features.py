@@ -190,11 +190,16 @@ def _float16_bits(values: np.ndarray) -> np.ndarray:
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # 1e6 and inf, on purpose
 def test_float16_cast_equals_numpys_bit_for_bit():
-    """Every 97th float32 of the fast path's range, both signs (ties to even included: every mantissa pattern
-    of the 13 dropped bits occurs), plus the values that must fall back: zero, subnormals, overflow, inf, NaN."""
-    patterns = np.arange(0x38800000, 0x47800000, 97, dtype=np.uint32)
-    ties = (np.arange(0x38800000, 0x47800000, 1 << 13, dtype=np.uint32) | np.uint32(1 << 12))  # exact halves
-    for bits in (patterns, ties):
+    """Every 97th float32 of the fast path's range and every exact tie in it, both signs, plus the values that
+    must fall back: zero, subnormals, overflow, inf, NaN. The arrays are built to stay inside the fast path's
+    range (asserted): one value outside it sends the whole array to numpy's cast, which would test nothing."""
+    from emocli.features import _F16_ROUNDS_TO_INF, _F16_SMALLEST_NORMAL
+
+    patterns = np.arange(_F16_SMALLEST_NORMAL, _F16_ROUNDS_TO_INF, 97, dtype=np.uint32)
+    halves = np.arange(_F16_SMALLEST_NORMAL, _F16_ROUNDS_TO_INF - (1 << 13), 1 << 13, dtype=np.uint32)
+    ties = halves | np.uint32(1 << 12)  # exactly half an ulp of float16 above a float16: ties to even
+    for bits in (patterns, ties, ties - np.uint32(1), ties + np.uint32(1)):
+        assert bits.min() >= _F16_SMALLEST_NORMAL and bits.max() < _F16_ROUNDS_TO_INF
         for sign in (0, 0x80000000):
             values = (bits | np.uint32(sign)).view(np.float32)
             np.testing.assert_array_equal(to_float16(values).view(np.uint16), _float16_bits(values))
@@ -207,6 +212,7 @@ def test_float16_cast_equals_numpys_bit_for_bit():
     assert to_float16(transposed).shape == transposed.shape
     np.testing.assert_array_equal(to_float16(transposed).view(np.uint16), _float16_bits(transposed))
     assert to_float16(np.zeros((0, 128), np.float32)).shape == (0, 128)
+    assert to_float16(np.float32(-41.5)).shape == () and to_float16(np.float32(-41.5)) == np.float16(-41.5)
 
 
 def test_tokenize_fixed_length(tiny_bert_dir):

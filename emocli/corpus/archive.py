@@ -247,11 +247,11 @@ def _copy_member(src: BinaryIO, dest: Path, parts: list[str], name: str, archive
 class _TrackedStream:
     """A read-only pass-through that counts bytes and keeps the last few chunks for the end-of-archive check."""
 
-    def __init__(self, inner: BinaryIO, on_read: Callable[[int], None] | None = None) -> None:
+    def __init__(self, inner: BinaryIO, on_read: Callable[[int], None] | None = None, keep: int = 4) -> None:
         self._inner = inner
         self._on_read = on_read
         self.position = 0
-        self._recent: deque[tuple[int, bytes]] = deque(maxlen=4)
+        self._recent: deque[tuple[int, bytes]] = deque(maxlen=keep)
 
     def read(self, size: int = -1) -> bytes:
         data = self._inner.read(size)
@@ -321,7 +321,7 @@ def _extract_tar(archive: Path, kind: str, dest: Path, progress: Progress | None
     count = 0
     try:
         with open(archive, "rb") as raw_fh, contextlib.ExitStack() as stack:
-            raw = _TrackedStream(raw_fh)
+            raw = _TrackedStream(raw_fh, keep=0)  # counted only: its chunks are 8 MB for the inflating thread
             # A gzip reader, unlike tarfile's own stream decoder, checks the gzip trailer, so truncation is caught.
             inner = stack.enter_context(_gunzip(raw)) if kind == "tar.gz" else raw
             # Progress is reported from this thread, not from the one inflating, which only counts bytes.
