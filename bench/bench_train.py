@@ -183,6 +183,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench-train")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train.json")
     args = parser.parse_args()
+    if any("gpu" in mode for mode in args.modes):
+        import torch
+
+        if not torch.cuda.is_available():  # said before minutes of corpus generation, not after
+            raise SystemExit("the gpu-* modes need a CUDA device and none is visible here; run them on a GPU "
+                             "machine, or pick cpu-default cpu-frozen cpu-small naive")
     args.work.mkdir(parents=True, exist_ok=True)
     text_model = str(bert_base_folder(args.work)) if args.bert_base else "all-MiniLM-L6-v2"
     cache_path = make_cache(args.work, args.per_class, args.mean_seconds, text_model)
