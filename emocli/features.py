@@ -73,9 +73,7 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE_HZ, max_seconds: float
         raise AudioError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if canonical is not None:
         pcm, native_rate = canonical
-        audio = pcm.astype(np.float32)
-        audio *= np.float32(1 / 32768)  # the very floats libsndfile gives (tested)
-        exact = True
+        audio, exact = _pcm16_to_float(pcm), True
     else:
         audio, native_rate, exact = _read_with_soundfile(path, max_seconds)
     if audio.size == 0:
@@ -128,8 +126,21 @@ def _read_canonical_wav(path: Path, size: int, max_seconds: float | None) -> tup
             return None
         frames = data_bytes // 2
         if max_seconds is not None:
-            frames = min(frames, int(np.ceil(max_seconds * rate)))
+            frames = min(frames, _frames_kept(max_seconds, rate))
         return np.fromfile(handle, dtype="<i2", count=frames), rate
+
+
+def _frames_kept(max_seconds: float, rate: int) -> int:
+    """Read no more than we keep: a 10-minute file costs no more than max_seconds of decoding."""
+    return int(np.ceil(max_seconds * rate))
+
+
+def _pcm16_to_float(pcm: np.ndarray) -> np.ndarray:
+    """int16 samples as float32 in [-1, 1): numpy's conversion is 2x faster than libsndfile's, and gives the
+    very floats libsndfile's float read does (tested)."""
+    audio = pcm.astype(np.float32)
+    audio *= np.float32(1 / 32768)
+    return audio
 
 
 def _read_with_soundfile(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int, bool]:
@@ -141,11 +152,9 @@ def _read_with_soundfile(path: Path, max_seconds: float | None) -> tuple[np.ndar
             native_rate = handle.samplerate
             # Integer PCM decodes to finite values within full scale: the checks below are for float data.
             exact = handle.subtype.startswith("PCM_")
-            # Read no more than we keep: a 10-minute file costs no more than max_seconds of decoding.
-            frames = -1 if max_seconds is None else int(np.ceil(max_seconds * native_rate))
-            if handle.subtype == "PCM_16":  # numpy's conversion is 2x faster than libsndfile's
-                audio = handle.read(frames=frames, dtype="int16", always_2d=True).astype(np.float32)
-                audio *= np.float32(1 / 32768)  # exact, and the very values libsndfile's float read gives
+            frames = -1 if max_seconds is None else _frames_kept(max_seconds, native_rate)
+            if handle.subtype == "PCM_16":
+                audio = _pcm16_to_float(handle.read(frames=frames, dtype="int16", always_2d=True))
             else:
                 audio = handle.read(frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError for odd headers
@@ -409,8 +418,7 @@ class _InSlot:
     order: str
 
 
-def _windowed_map(executor, fn, jobs: list, chunksize: int, window: int, slots: _SharedSlots | None = None
-                  ) -> Iterator:
+def _windowed_map(executor, fn, jobs: list, chunksize: int, window: int, slots: _SharedSlots) -> Iterator:
     """Ordered results of fn over jobs, at most `window` chunks in flight: memory stays flat however many jobs.
 
     The first chunks are submitted on the call, not on the first `next`: the workers start computing while the
@@ -419,7 +427,7 @@ def _windowed_map(executor, fn, jobs: list, chunksize: int, window: int, slots: 
     # This process copies every result out and on: 6k fewer page faults in a 10k prepare. 16 MB keeps as many
     # away as 64 MB does here (4 MB does not), and holds less.
     keep_freed_memory(16 << 20)
-    shared = slots if slots is not None and not slots.busy else None
+    shared = None if slots.busy else slots
     if shared is not None:
         shared.busy = True
     chunks = iter([jobs[i:i + chunksize] for i in range(0, len(jobs), chunksize)])

@@ -576,12 +576,15 @@ class _FoldState:
 def _train_epoch(net, optimizer, corpus: _Corpus, split: Split, train_config: TrainConfig, epoch: int,
                  dist_: _Dist, autocast) -> dict:
     """One pass over the training part; every rank takes its slice of each global batch."""
+    import torch
+
     _seed_everything(train_config.seed, split.index, epoch, dist_.rank)  # dropout: a function of the epoch
     net.train()
     lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with, before the scheduler steps
     started = time.perf_counter()
     # Sums stay on the device until the epoch ends: a float() per step would stall the GPU every step.
-    loss_sum = correct = None
+    loss_sum = torch.zeros((), dtype=torch.float64, device=corpus.device)
+    correct = torch.zeros((), dtype=torch.int64, device=corpus.device)
     seen = 0.0
     for positions in _batch_order(len(split.train), train_config.batch_size, train_config.seed, split.index, epoch):
         if len(positions) < dist_.world:
@@ -593,14 +596,11 @@ def _train_epoch(net, optimizer, corpus: _Corpus, split: Split, train_config: Tr
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        batch_loss = out.loss.detach().double() * len(mine)
-        batch_correct = (out.logits.detach().argmax(dim=1) == labels).sum()
-        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-        correct = batch_correct if correct is None else correct + batch_correct
+        loss_sum += out.loss.detach().double() * len(mine)
+        correct += (out.logits.detach().argmax(dim=1) == labels).sum()
         seen += len(mine)
-    loss_sum = float(loss_sum) if loss_sum is not None else 0.0  # waits for the last step: the timing is honest
-    correct = float(correct) if correct is not None else 0.0
-    loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], dist_)
+    # float() waits for the last step: the epoch's timing is honest.
+    loss_sum, correct, seen = _all_sum([float(loss_sum), float(correct), seen], dist_)
     seconds = time.perf_counter() - started
     return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
             "utt_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
