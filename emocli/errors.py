@@ -31,3 +31,7 @@ class CheckpointError(EmocliError):
 
 class ConfigError(EmocliError):
     """Options that contradict each other or the data."""
+
+
+class EncoderError(EmocliError):
+    """A pretrained speech encoder is missing, altered, not a speech encoder, or does not fit a cached stage."""
