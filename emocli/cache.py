@@ -239,3 +239,131 @@ class CacheWriter:
         with contextlib.suppress(Exception):
             self._h5.close()
         self.tmp_path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------- embedding stages
+#
+# A stage is a frozen pretrained encoder's hidden states of every utterance of one cache, in its own file beside
+# the cache: switching encoders adds a stage and never touches spectrograms or tokens. Layout (STAGE_VERSION 1):
+#     frames    float16 (F, L, D)   every utterance's frames, time-major, concatenated in the cache's order
+#     offsets   int64   (N + 1,)    utterance i is frames[offsets[i]:offsets[i+1]]
+#     utt_ids   utf-8   (N,)        the cache's ids, in its order (checked when read)
+#     attrs: emocli_stage, stage_version, fingerprint, and the JSON of what made it (cache fingerprint, encoder)
+
+STAGE_VERSION = 1
+STAGES_SUFFIX = ".stages"
+
+
+def stage_path(cache_path: Path, name: str, digest: str) -> Path:
+    """`<cache>.stages/<name>-<digest>.h5`: one file per encoder and settings, named so a person can tell them apart."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "encoder"
+    return Path(cache_path).with_name(Path(cache_path).name + STAGES_SUFFIX) / f"{safe[-40:]}-{digest}.h5"
+
+
+@dataclass
+class StageData:
+    fingerprint: str
+    inputs: dict
+    values: np.ndarray  # (F, L, D) float16
+    offsets: np.ndarray  # (N + 1,) int64
+    utt_ids: list[str]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets).astype(np.int64)
+
+
+def read_stage_fingerprint(path: Path) -> str | None:
+    """The fingerprint of a complete stage file, or None when there is none (or it is unreadable: rebuild it)."""
+    import h5py
+
+    if not Path(path).is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as h5:
+            if not h5.attrs.get("emocli_stage") or int(h5.attrs.get("stage_version", -1)) != STAGE_VERSION:
+                return None
+            return str(h5.attrs["fingerprint"])
+    except Exception:
+        return None
+
+
+def read_stage(path: Path, utt_ids: list[str]) -> StageData:
+    """A whole stage in memory; CacheError unless it holds exactly `utt_ids` (the cache's), in order."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            data = StageData(fingerprint=str(h5.attrs["fingerprint"]), inputs=json.loads(h5.attrs["inputs"]),
+                             values=h5["frames"][()], offsets=h5["offsets"][()],
+                             utt_ids=[s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in h5["utt_ids"][()]])
+    except Exception as exc:
+        raise CacheError(f"{path} is not a readable embedding stage ({type(exc).__name__}); delete it and rerun to "
+                         f"recompute it") from None
+    consistent = (len(data.offsets) == len(data.utt_ids) + 1 and data.offsets[0] == 0
+                  and data.offsets[-1] == len(data.values) and bool(np.all(np.diff(data.offsets) >= 0)))
+    if not consistent or data.utt_ids != list(utt_ids):
+        raise CacheError(f"{path} does not match its cache (other utterances or damaged offsets); delete it and rerun "
+                         f"to recompute it")
+    return data
+
+
+class StageWriter:
+    """Streams each utterance's frames into a temporary HDF5 file; `commit` renames it over the target in one step,
+    so an interruption leaves the previous stage or none, never half of one."""
+
+    def __init__(self, path: Path, frame_shape: tuple[int, ...]):
+        import h5py
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = temporary_name(self.path)
+        self._h5 = h5py.File(self.tmp_path, "w")
+        chunk_frames = max(1, (1 << 20) // (2 * int(np.prod(frame_shape))))  # ~1 MB chunks
+        self._frames = self._h5.create_dataset("frames", shape=(0, *frame_shape), maxshape=(None, *frame_shape),
+                                               dtype=np.float16, chunks=(chunk_frames, *frame_shape))
+        self._offsets = [0]
+        self._ids: list[str] = []
+        self._pending: list[np.ndarray] = []
+        self._pending_frames = 0
+        self._chunk_frames = chunk_frames
+
+    def append(self, utt_id: str, frames: np.ndarray) -> None:
+        """`frames` (T, L, D) float16 of one utterance, in the cache's order."""
+        self._pending.append(frames)
+        self._pending_frames += len(frames)
+        self._offsets.append(self._offsets[-1] + len(frames))
+        self._ids.append(utt_id)
+        if self._pending_frames >= 8 * self._chunk_frames:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        block = np.concatenate(self._pending)
+        start = len(self._frames)
+        self._frames.resize(start + len(block), axis=0)
+        self._frames[start:] = block
+        self._pending, self._pending_frames = [], 0
+
+    def commit(self, inputs: dict, digest: str) -> None:
+        import h5py
+
+        self._flush()
+        h5 = self._h5
+        h5.create_dataset("offsets", data=np.asarray(self._offsets, dtype=np.int64))
+        h5.create_dataset("utt_ids", data=np.asarray(self._ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        h5.attrs["emocli_stage"] = True
+        h5.attrs["stage_version"] = STAGE_VERSION
+        h5.attrs["fingerprint"] = digest
+        h5.attrs["inputs"] = json.dumps(inputs, sort_keys=True, default=str)
+        h5.flush()
+        os.fsync(h5.id.get_vfd_handle())
+        h5.close()
+        os.replace(self.tmp_path, self.path)
+        fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._h5.close()
+        self.tmp_path.unlink(missing_ok=True)

