@@ -25,7 +25,7 @@ _GPU_SHARE = 0.5  # keep the inputs on the GPU only if they take at most this sh
 def resolve_device(name: str) -> torch.device:
     """auto: the CUDA device of this process (LOCAL_RANK under torchrun) when one is visible, else the CPU."""
     if name not in DEVICES:
-        raise ConfigError(f"device {name!r} is not one of {', '.join(DEVICES)}")
+        raise ConfigError(f"--device {name!r} is not one of {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):

@@ -1,6 +1,6 @@
 """The run directory, and nothing else: its layout, its config check, atomic checkpoints, and loading a model back.
 
-Layout (FORMAT_VERSION 1):
+Layout (FORMAT_VERSION 2):
     config.json                      RunConfig: model, train, feature config, label set, tokenizer identity,
                                      cache fingerprint, fold names, emocli and format version
     text_model/                      tokenizer files and the encoder's HF config.json, copied at creation, so
@@ -38,7 +38,7 @@ from emocli.errors import CheckpointError
 from emocli.features import FeatureConfig
 from emocli.text_model import TOKENIZER_FILES
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: audio encoders and fusions as modules (state-dict names changed)
 _MARKER = "emocli_run"
 _CHECKPOINT_KEY = "emocli_checkpoint"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

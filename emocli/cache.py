@@ -262,6 +262,7 @@ def stage_path(cache_path: Path, name: str, digest: str) -> Path:
 
 @dataclass
 class StageData:
+    path: Path
     fingerprint: str
     inputs: dict
     values: np.ndarray  # (F, L, D) float16
@@ -294,7 +295,7 @@ def read_stage(path: Path, utt_ids: list[str]) -> StageData:
 
     try:
         with h5py.File(path, "r") as h5:
-            data = StageData(fingerprint=str(h5.attrs["fingerprint"]), inputs=json.loads(h5.attrs["inputs"]),
+            data = StageData(path=Path(path), fingerprint=str(h5.attrs["fingerprint"]), inputs=json.loads(h5.attrs["inputs"]),
                              values=h5["frames"][()], offsets=h5["offsets"][()],
                              utt_ids=[s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in h5["utt_ids"][()]])
     except Exception as exc:

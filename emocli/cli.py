@@ -58,6 +58,13 @@ def handles_errors(command: Callable) -> Callable:
     return wrapper
 
 
+_AUDIO_ENCODER_HELP = ("alexnet (the paper's CNN on log-mel) | whisper (Whisper tiny.en, offline package) | "
+                       "whisper-base | a local CTranslate2 Whisper folder | a local Hugging Face wav2vec2/HuBERT/WavLM/"
+                       "Whisper folder.")
+_COMPUTE_TYPE_HELP = ("CTranslate2 Whisper precision: int8 (fastest on CPU, measured as accurate as float32) | "
+                      "int8_float32 | float32 | float16 | int8_float16 (CUDA)")
+
+
 @app.command()
 @handles_errors
 def synth(
@@ -97,9 +104,14 @@ def prepare(
     max_seconds: float = typer.Option(15.0, "--max-seconds", min=0.5, help="Longer audio is truncated."),
     workers: int = typer.Option(0, "--workers", min=0, help="Feature processes; 0 = one per core."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where archives are unpacked (default: beside the cache)."),
+    audio_encoder: Optional[str] = typer.Option(None, "--audio-encoder", help=_AUDIO_ENCODER_HELP + " Computes its "
+                                                "embedding stage now, while the audio is at hand (train would too)."),
+    compute_type: str = typer.Option("int8", "--compute-type", help=_COMPUTE_TYPE_HELP),
+    device: str = typer.Option("auto", "--device", help="For the embedding stage: auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
-    """Read the corpus and write spectrograms + token ids into one fingerprinted HDF5 cache."""
+    """Read the corpus and write spectrograms + token ids into one fingerprinted HDF5 cache (and, with
+    --audio-encoder, a pretrained encoder's hidden states into a stage beside it)."""
     from emocli.features import FeatureConfig
     from emocli.prepare import PrepareConfig
     from emocli.prepare import prepare as run_prepare
@@ -107,7 +119,8 @@ def prepare(
     if tags not in ("keep", "strip"):
         raise EmocliError(f"--tags {tags!r} is not one of keep, strip")
     config = PrepareConfig(text_model=text_model, label_set=labels, tags=tags, workers=workers,
-                           features=FeatureConfig(n_mels=n_mels, max_seconds=max_seconds))
+                           features=FeatureConfig(n_mels=n_mels, max_seconds=max_seconds),
+                           audio_encoder=audio_encoder or "", compute_type=compute_type, device=device)
     if as_json:
         result = run_prepare(source, cache_path, config, workdir)
         print(json.dumps(result.to_json()))
@@ -183,7 +196,11 @@ def train(
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (the paper: 1e-4)."),
     step_size: int = typer.Option(30, "--step-size", min=1, help="StepLR step in epochs (the paper: 30)."),
     gamma: float = typer.Option(0.1, "--gamma", help="StepLR factor (the paper: 0.1)."),
-    fusion: str = typer.Option("concat", "--fusion", help="concat (the paper) | gated"),
+    fusion: str = typer.Option("concat", "--fusion", help="concat (the paper) | gated | xattn (cross-modal attention)"),
+    audio_encoder: str = typer.Option("alexnet", "--audio-encoder", help=_AUDIO_ENCODER_HELP),
+    compute_type: str = typer.Option("int8", "--compute-type", help=_COMPUTE_TYPE_HELP),
+    audio_hidden: int = typer.Option(256, "--audio-hidden", min=1, help="Pretrained encoders: width of the head "
+                                                                        "over their frames."),
     freeze_text: bool = typer.Option(False, "--freeze-text", help="CPU-friendly: frozen encoder, embeddings computed once."),
     text_model: Optional[str] = typer.Option(None, "--text-model", help="Default: the cache's own text model."),
     audio_width: float = typer.Option(1.0, "--audio-width", help="ModifiedAlexNet width (1.0 = AlexNet)."),
@@ -202,14 +219,17 @@ def train(
 ) -> None:
     """Train the fusion model (or a single-view baseline) with the paper's recipe; rerun to resume."""
     from emocli.cache import read_meta
+    from emocli.encoders import audio_branch
     from emocli.model import ModelConfig
     from emocli.train import TrainConfig, protocol_warnings
     from emocli.train import train as run_training
 
     meta = read_meta(cache_path)
+    encoder, upstream = audio_branch(audio_encoder, compute_type) if modality != "text" else ("alexnet", {})
     model_config = ModelConfig(
         n_classes=len(meta.classes), n_mels=int(meta.inputs["feature_config"]["n_mels"]), modality=modality,
-        fusion=fusion, audio_width=audio_width, text_model=text_model or meta.inputs["tokenizer"]["name"],
+        fusion=fusion, audio_encoder=encoder, audio_upstream=upstream, audio_hidden=audio_hidden,
+        audio_width=audio_width, text_model=text_model or meta.inputs["tokenizer"]["name"],
         freeze_text=freeze_text, dropout=dropout, modality_dropout=modality_dropout if modality == "both" else 0.0)
     train_config = TrainConfig(protocol=protocol, repeats=repeats, epochs=epochs, batch_size=batch_size, lr=lr,
                                step_size=step_size, gamma=gamma, class_weighted=class_weighted, seed=seed,

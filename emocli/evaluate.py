@@ -194,56 +194,41 @@ def check_cache_fits(config: bundle.RunConfig, meta: cache.CacheMeta, cache_path
                               f"`emocli prepare --text-model {config.model.text_model}`")
 
 
-def _resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device {device!r} is not one of auto, cpu, cuda")
-    return torch.device(device)
-
-
-def predict_cache(model, data: cache.CacheData, batch_size: int = 64, device="cpu") -> np.ndarray:
+def predict_cache(model, data: cache.CacheData, batch_size: int = 64, device="cpu", stage=None) -> np.ndarray:
     """(N, C) float32 class probabilities of every utterance of `data`, in cache order.
 
     Utterances are batched by length so little is padded; the model is padding-invariant, so the batching does
-    not change the numbers. A blank transcript counts as missing text, as in training.
+    not change the numbers. `stage`: the embedding stage of `data` for a frames model.
     """
     import torch
 
+    from emocli.batch import ModelInputs, Ragged
+
     config = model.config
-    n = len(data)
-    lengths = data.spec_lengths  # (N,)
-    present = np.array([bool(t.strip()) for t in data.texts], dtype=bool)  # (N,)
-    order = np.argsort(lengths, kind="stable")
-    probs = np.zeros((n, config.n_classes), dtype=np.float32)
+    audio = None
+    if config.audio_feature == "logmel":
+        audio = Ragged.from_arrays(data.spec, data.spec_offsets)
+    elif config.audio_feature == "frames":
+        audio = Ragged.from_arrays(stage.values, stage.offsets)
+    present = np.array([bool(t.strip()) for t in data.texts], dtype=bool)  # a blank transcript is no transcript
+    text = config.uses_text
+    inputs = ModelInputs.build(audio, data.input_ids if text else None, data.attention_mask if text else None,
+                               present if text else None, None)
+    order = np.argsort(audio.host_lengths if audio is not None else inputs.host_text_widths, kind="stable")
+    probs = np.zeros((len(data), config.n_classes), dtype=np.float32)
     model.eval()
     with torch.inference_mode():
-        for start in range(0, n, batch_size):
+        for start in range(0, len(data), batch_size):
             idx = order[start:start + batch_size]
-            inputs = {}
-            if config.uses_audio:
-                spec = np.zeros((len(idx), config.n_mels, int(lengths[idx].max())), dtype=np.float32)  # (B, F, T)
-                for row, i in enumerate(idx):
-                    spec[row, :, :lengths[i]] = data.spectrogram(i)
-                inputs["spec"] = torch.from_numpy(spec).to(device)
-                inputs["spec_lengths"] = torch.from_numpy(lengths[idx]).to(device)
-            if config.uses_text:
-                mask = data.attention_mask[idx]  # (B, L)
-                width = max(int(mask.sum(axis=1).max()), 1)  # drop padding columns no row uses
-                inputs["input_ids"] = torch.from_numpy(data.input_ids[idx, :width].astype(np.int64)).to(device)
-                inputs["attention_mask"] = torch.from_numpy(mask[:, :width].astype(np.int64)).to(device)
-                inputs["text_present"] = torch.from_numpy(present[idx]).to(device)
-            logits = model(**inputs).logits  # (B, C)
-            probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            kwargs, _ = inputs.batch(idx, torch.device(device))
+            probs[idx] = torch.softmax(model(**kwargs).logits.float(), dim=-1).cpu().numpy()  # (B, C)
     return probs
 
 
 def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", batch_size: int = 64) -> EvalReport:
     """Scores of every finished fold's model on the whole of another cache."""
+    from emocli.batch import resolve_device
+
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, not {batch_size}")
     run = bundle.open_run(Path(run_dir))
@@ -253,11 +238,16 @@ def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", bat
     data = cache.read_cache(cache_path)
     if not len(data):
         raise CacheError(f"cache {cache_path} holds no utterance; nothing to evaluate")
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
+    stage = None
+    if run.config.model.audio_feature == "frames":  # the same pinned encoder the run was trained on
+        from emocli.embed import ensure_stage
+
+        stage = ensure_stage(cache_path, run.config.model.audio_upstream, data, device=torch_device.type)
     folds = []
     for name in finished:
         model, _, _ = bundle.load_model(run.path, name, str(torch_device))
-        probs = predict_cache(model, data, batch_size, torch_device)  # (N, C)
+        probs = predict_cache(model, data, batch_size, torch_device, stage)  # (N, C)
         folds.append(FoldScores.from_labels(name, data.labels, probs.argmax(axis=1), run.config.classes))
         del model
     return _report(run, f"cache {cache_path} (whole corpus)", folds, unfinished, cache_path)

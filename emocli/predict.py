@@ -22,17 +22,18 @@ import numpy as np
 
 from emocli.atomic import write_bytes_atomic
 from emocli.errors import AudioError, ConfigError, CorpusError
-from emocli.features import FeatureConfig, audio_features, tokenize
+from emocli.embed import load_utterance_audio, utterance_frames
+from emocli.features import FeatureConfig, audio_features, to_float16, tokenize
 
 if TYPE_CHECKING:  # torch and the model load only once a run is opened: `--help` and input errors stay fast
     import torch
 
     from emocli.bundle import RunConfig
+    from emocli.encoders.base import Embedder
     from emocli.model import EmotionModel
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
-DEVICES = ("auto", "cpu", "cuda")
 # Features of at most this many batches are held at once, so a folder of thousands of 15 s files never holds
 # every spectrogram in memory (a 128 x 1500 float32 log-mel is 0.75 MB).
 FEATURE_CHUNK_BATCHES = 8
@@ -192,36 +193,45 @@ def _parse_transcripts(reader: csv.DictReader, path: Path) -> dict[str, str]:
 class Predictor:
     """A trained model with the run's own settings; `predict` yields one result per item, in input order."""
 
-    def __init__(self, model: "EmotionModel", config: "RunConfig", tokenizer: object | None, device: "torch.device"):
-        """`tokenizer`: the run's own copy; None for an audio-only model."""
+    def __init__(self, model: "EmotionModel", config: "RunConfig", tokenizer: object | None, device: "torch.device",
+                 upstream: "Embedder | None" = None):
+        """`tokenizer`: the run's own copy, None for an audio-only model; `upstream`: the frozen pretrained encoder
+        of a frames model, with the weights its run was trained on."""
         self.model, self.config, self.tokenizer, self.device = model, config, tokenizer, device
+        self.upstream = upstream
 
     @classmethod
     def from_run(cls, run_dir: Path, fold: str | None = None, device: str = "auto") -> "Predictor":
         import torch
 
+        from emocli.batch import resolve_device
         from emocli.bundle import load_model
 
-        if device not in DEVICES:
-            raise ConfigError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-        model, config, tokenizer = load_model(Path(run_dir), fold, device)
+        torch_device = resolve_device(device)
+        model, config, tokenizer = load_model(Path(run_dir), fold, str(torch_device))
+        upstream = None
+        if config.model.audio_feature == "frames":
+            from emocli.encoders import load_upstream
+            from emocli.encoders.base import EmbedderInfo
+
+            upstream = load_upstream(EmbedderInfo.from_json(config.model.audio_upstream), device=torch_device.type)
         # Conv weights in NHWC: oneDNN's convolutions are 25 % faster in that layout on CPU, and the CNN is three
         # quarters of a prediction's time. Same weights, results equal up to float summation order.
         model.to(memory_format=torch.channels_last)
-        return cls(model, config, tokenizer, torch.device(device))
+        return cls(model, config, tokenizer, torch_device, upstream)
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.config.classes
 
     def features(self, item: PredictItem) -> np.ndarray:
-        """(n_mels, T) log-mel of one item, exactly as prepare computed the training data's."""
+        """(T, ...) float16 audio features of one item, exactly as the training data's were made: the log-mel of
+        prepare, or the frozen upstream's frames of the embedding stage."""
+        if self.upstream is not None:
+            return utterance_frames(self.upstream, load_utterance_audio(item.path, self.config.features,
+                                                                        self.upstream.info.sample_rate))
         spec, _ = audio_features(item.path, self.config.features)
-        return spec
+        return to_float16(spec.T)
 
     def predict(self, items: Iterable[PredictItem], batch_size: int = 32,
                 feature_map: FeatureMap = map) -> Iterator[Prediction | Failure]:
@@ -235,11 +245,11 @@ class Predictor:
 
     def _predict_chunk(self, items: list[PredictItem], batch_size: int,
                        feature_map: FeatureMap) -> list[Prediction | Failure]:
-        specs = self._chunk_features(items, feature_map)
+        feats = self._chunk_features(items, feature_map)
         results: list[Prediction | Failure | None] = [None] * len(items)
         ready = []
-        for index, (item, spec) in enumerate(zip(items, specs)):
-            reason = spec if isinstance(spec, str) else self._refusal(item)
+        for index, (item, feat) in enumerate(zip(items, feats)):
+            reason = feat if isinstance(feat, str) else self._refusal(item)
             if reason is None:
                 ready.append(index)
             else:
@@ -247,18 +257,20 @@ class Predictor:
         if self.config.model.uses_audio:
             # Batches of similar lengths: a batch is padded to its longest item, so mixing a 1 s and a 15 s file
             # costs the 1 s one a 15 s forward pass. Results still come out in input order.
-            ready.sort(key=lambda i: specs[i].shape[1])
+            ready.sort(key=lambda i: len(feats[i]))
         for start in range(0, len(ready), batch_size):
             batch = ready[start:start + batch_size]
-            outputs = self._run_batch([items[i] for i in batch], [specs[i] for i in batch])
+            outputs = self._run_batch([items[i] for i in batch], [feats[i] for i in batch])
             for index, prediction in zip(batch, outputs):
                 results[index] = prediction
         return results
 
     def _chunk_features(self, items: list[PredictItem], feature_map: FeatureMap) -> list[np.ndarray | str | None]:
-        """Each item's log-mel, or the reason it has none; None for all when the model does not read audio."""
+        """Each item's audio features, or the reason it has none; None for all when the model does not read audio."""
         if not self.config.model.uses_audio:
             return [None] * len(items)  # a text-only model never decodes audio: a broken file costs nothing
+        if self.upstream is not None:  # the encoder uses every core itself; decoding is a small share of it
+            return [_safe(self.features, item.path, item) for item in items]
         return list(feature_map(_safe_features, [(item.path, self.config.features) for item in items]))
 
     def _refusal(self, item: PredictItem) -> str | None:
@@ -267,24 +279,22 @@ class Predictor:
                     "audio or --transcripts")
         return None
 
-    def _run_batch(self, items: list[PredictItem], specs: list[np.ndarray | None]) -> list[Prediction]:
+    def _run_batch(self, items: list[PredictItem], feats: list[np.ndarray | None]) -> list[Prediction]:
         import torch
 
+        from emocli.batch import ModelInputs, Ragged
+
         model_cfg = self.config.model
-        inputs = _pad_specs(specs, self.device) if model_cfg.uses_audio else {}
         # An audio-only model reads no transcript, so none counts as used.
-        present = [model_cfg.uses_text and item.text is not None for item in items]
+        present = np.array([model_cfg.uses_text and item.text is not None for item in items], dtype=bool)
+        ids = mask = None
         if model_cfg.uses_text:
             # Fixed-length padding, as in the cache; a missing transcript is tokenised as "" and then replaced
             # by the model's learned missing-text embedding (text_present False).
             ids, mask = tokenize(self.tokenizer, [item.text or "" for item in items], self.config.features.max_tokens)
-            # Only as long as the longest transcript: the rest is padding that the attention mask ignores anyway,
-            # and a 12-token sentence padded to 64 costs five times the encoder's work.
-            used = max(1, int(mask.sum(axis=1).max()))
-            ids, mask = ids[:, :used], mask[:, :used]
-            inputs["input_ids"] = torch.from_numpy(ids.astype(np.int64)).to(self.device)  # (B, L)
-            inputs["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(self.device)  # (B, L)
-            inputs["text_present"] = torch.tensor(present, device=self.device)  # (B,)
+        audio = Ragged.from_items(feats) if model_cfg.uses_audio else None
+        inputs, _ = ModelInputs.build(audio, ids, mask, present if model_cfg.uses_text else None, None
+                                      ).batch(np.arange(len(items)), self.device)
         with torch.inference_mode():
             probs = torch.softmax(self.model(**inputs).logits.float(), dim=-1).cpu().numpy()  # (B, C)
         return [Prediction(item.id, item.path, item.text if has_text else None, self.classes[int(p.argmax())],
@@ -292,27 +302,25 @@ class Predictor:
                 for item, p, has_text in zip(items, probs, present)]
 
 
-def _pad_specs(specs: Sequence[np.ndarray], device: "torch.device") -> dict[str, "torch.Tensor"]:
-    """Zero-padded (B, F, T) batch and its (B,) lengths; the model masks the padding, so its value is moot."""
-    import torch
-
-    lengths = [spec.shape[1] for spec in specs]
-    padded = np.zeros((len(specs), specs[0].shape[0], max(lengths)), dtype=np.float32)  # (B, F, T)
-    for row, spec in enumerate(specs):
-        padded[row, :, : spec.shape[1]] = spec
-    return {"spec": torch.from_numpy(padded).to(device), "spec_lengths": torch.tensor(lengths, device=device)}
-
-
-def _safe_features(job: tuple[Path, FeatureConfig]) -> np.ndarray | str:
-    """A worker's log-mel, or the reason there is none: one bad file must not stop a folder of thousands."""
-    path, features = job
+def _safe(compute: Callable, path: Path, *args) -> np.ndarray | str:
+    """`compute(*args)`, or the reason it failed: one bad file must not stop a folder of thousands."""
     try:
-        spec, _ = audio_features(path, features)
+        return compute(*args)
     except AudioError as exc:
         return str(exc).removeprefix(f"{path}: ")  # the CLI names the file already
     except Exception as exc:  # a decoder's own error on a malformed file: still this file's problem only
         return f"cannot decode ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-    return spec
+
+
+def _log_mel_f16(path: Path, features: FeatureConfig) -> np.ndarray:
+    spec, _ = audio_features(path, features)
+    return to_float16(spec.T)  # (T, F), rounded as the cache stores it: train and predict see the same numbers
+
+
+def _safe_features(job: tuple[Path, FeatureConfig]) -> np.ndarray | str:
+    """A worker's log-mel (T, F) float16, or the reason there is none."""
+    path, features = job
+    return _safe(_log_mel_f16, path, path, features)
 
 
 # --------------------------------------------------------------------------------------------- output

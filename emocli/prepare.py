@@ -31,6 +31,11 @@ class PrepareConfig:
     tags: str = "keep"  # non-speech tags in transcripts: "keep" (normalised) or "strip"
     features: FeatureConfig = field(default_factory=FeatureConfig)
     workers: int = 0  # 0 = one per core; not fingerprinted, since results do not depend on it
+    # A pretrained speech encoder whose embedding stage is computed beside the cache ("" or alexnet: none). The
+    # cache itself does not depend on it: a stage is a file of its own, keyed by the cache and the encoder.
+    audio_encoder: str = ""
+    compute_type: str = "int8"
+    device: str = "auto"
 
 
 @dataclass
@@ -41,14 +46,34 @@ class PrepareResult:
     summary: dict
     problems: list[str]
     seconds: float
+    stage: Path | None = None  # the embedding stage, when an audio encoder was asked for
 
     def to_json(self) -> dict:
         return {"cache": str(self.cache_path), "fingerprint": self.fingerprint, "cache_hit": self.cache_hit,
-                "seconds": round(self.seconds, 3), **self.summary, "problems": self.problems}
+                "seconds": round(self.seconds, 3), **self.summary, "problems": self.problems,
+                "stage": str(self.stage) if self.stage else None}
 
 
 def prepare(source: Path, cache_path: Path, config: PrepareConfig = PrepareConfig(), workdir: Path | None = None,
             progress: ProgressCallback | None = None) -> PrepareResult:
+    """The cache of `source` (built, or found up to date), then the embedding stage of `config.audio_encoder`."""
+    upstream = None
+    if config.audio_encoder:  # resolved first: a misspelt encoder fails before minutes of features
+        from emocli.encoders import audio_branch
+
+        upstream = audio_branch(config.audio_encoder, config.compute_type)[1] or None
+    started = time.perf_counter()
+    result = _prepare_cache(source, cache_path, config, workdir, progress)
+    if upstream is not None:
+        from emocli.embed import ensure_stage
+
+        result.stage = ensure_stage(cache_path, upstream, device=config.device, progress=progress).path
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+def _prepare_cache(source: Path, cache_path: Path, config: PrepareConfig, workdir: Path | None,
+                   progress: ProgressCallback | None) -> PrepareResult:
     started = time.perf_counter()
     source, cache_path = Path(source), Path(cache_path)
     if not source.exists():

@@ -344,7 +344,7 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
     if model_config.audio_feature == "frames":  # the frozen upstream's states: computed once, then read back
         from emocli.embed import ensure_stage
 
-        stage = ensure_stage(cache_path, model_config.audio_upstream, device=str(dist_.device),
+        stage = ensure_stage(cache_path, model_config.audio_upstream, device=dist_.device.type,
                              rank=dist_.rank, world=dist_.world, barrier=lambda: _barrier(dist_))
     deterministic = torch.are_deterministic_algorithms_enabled()
     held = contextlib.ExitStack()

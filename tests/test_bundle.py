@@ -33,7 +33,7 @@ def finished_run(run_dir: Path, config: bundle.RunConfig, text_dir: Path | None 
     """A run whose folds hold the weights of one freshly initialised model, as train() leaves them."""
     torch.manual_seed(seed)
     model = EmotionModel(config.model)
-    model.set_spec_stats(torch.linspace(-60, -20, N_MELS), torch.full((N_MELS,), 7.0))
+    model.set_input_stats(torch.linspace(-60, -20, N_MELS), torch.full((N_MELS,), 7.0))
     run = bundle.create_or_open_run(run_dir, config, text_dir)
     freeze = config.model.uses_text and config.model.freeze_text
     if freeze:
@@ -78,7 +78,7 @@ def test_check_run_refuses_other_settings_foreign_folders_and_versions(tmp_path)
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["data.csv"]
     data = json.loads((tmp_path / "run/config.json").read_text())
     (tmp_path / "run/config.json").write_text(json.dumps({**data, "format_version": 99}))
-    with pytest.raises(CheckpointError, match="run format 99, this emocli reads 1"):
+    with pytest.raises(CheckpointError, match="run format 99, this emocli reads 2"):
         bundle.open_run(tmp_path / "run")
     (tmp_path / "run/config.json").write_text(json.dumps({"model": {}}))
     with pytest.raises(CheckpointError, match="not an emocli run config"):

@@ -11,14 +11,8 @@ import torch.nn.functional as F
 
 from emocli.errors import CheckpointError, ConfigError, TextModelError
 from emocli.features import tokenize
-from emocli.model import (
-    MIN_FRAMES,
-    EmotionModel,
-    ModelConfig,
-    ModifiedAlexNet,
-    TextEncoder,
-    _adaptive_pool_weights,
-)
+from emocli.encoders.alexnet import _adaptive_pool_weights
+from emocli.model import MIN_FRAMES, EmotionModel, ModelConfig, ModifiedAlexNet, TextEncoder
 from emocli.text_model import load_tokenizer, resolve_text_model
 
 N_MELS = 64
@@ -37,7 +31,7 @@ def build(tiny_bert_dir, seed=0, **overrides) -> EmotionModel:
     model = EmotionModel(tiny_config(tiny_bert_dir, **overrides))
     if model.audio is not None:
         # Statistics far from 0/1, so a forward that forgot to normalise would show.
-        model.set_spec_stats(torch.linspace(-60, -20, N_MELS), torch.linspace(5, 15, N_MELS))
+        model.set_input_stats(torch.linspace(-60, -20, N_MELS), torch.linspace(5, 15, N_MELS))
     return model.eval()
 
 
@@ -55,12 +49,14 @@ def make_batch(tokens, lengths, pad_value=float("nan"), seed=1):
         spec[i, :, :n] = -40 + 10 * torch.randn(N_MELS, n, generator=gen)
     ids, mask = tokens
     rows = [i % len(TEXTS) for i in range(len(lengths))]
-    return dict(spec=spec, spec_lengths=torch.tensor(lengths), input_ids=ids[rows], attention_mask=mask[rows],
+    # The model reads time-major features, (B, T, F), as the batch builder gives them.
+    return dict(audio=spec.transpose(1, 2), audio_lengths=torch.tensor(lengths), input_ids=ids[rows],
+                attention_mask=mask[rows],
                 text_present=torch.ones(len(lengths), dtype=torch.bool))
 
 
 @pytest.mark.parametrize("modality,fusion", [("audio", "concat"), ("text", "concat"), ("both", "concat"),
-                                             ("both", "gated")])
+                                             ("both", "gated"), ("both", "xattn")])
 def test_output_shapes(tiny_bert_dir, tokens, modality, fusion):
     model = build(tiny_bert_dir, modality=modality, fusion=fusion)
     assert (model.audio is None) == (modality == "text") and (model.text is None) == (modality == "audio")
@@ -76,24 +72,25 @@ def test_adaptive_pool_weights_match_pytorch():
         torch.testing.assert_close(torch.einsum("bct,bto->bco", x, w), F.adaptive_avg_pool1d(x[..., :n], 6))
 
 
-@pytest.mark.parametrize("fusion", ["concat", "gated"])
+@pytest.mark.parametrize("fusion", ["concat", "gated", "xattn"])
 def test_batched_equals_one_at_a_time(tiny_bert_dir, tokens, fusion):
     """Padding (here NaN) and batch composition never reach the output, even for items shorter than MIN_FRAMES."""
     model = build(tiny_bert_dir, modality="both", fusion=fusion)
     lengths = [11, MIN_FRAMES - 1, MIN_FRAMES, 64, 137, 700]
     batch = make_batch(tokens, lengths)
     with torch.no_grad():
-        batched_audio = model.audio(batch["spec"], batch["spec_lengths"])
+        batched_audio = model.audio(batch["audio"].transpose(1, 2), batch["audio_lengths"])
         batched = model(**batch).logits
         for i, n in enumerate(lengths):
             one = {k: v[i : i + 1] for k, v in batch.items()}
-            one["spec"] = one["spec"][..., :n]  # the item alone, no padding at all
-            torch.testing.assert_close(model.audio(one["spec"], one["spec_lengths"]), batched_audio[i : i + 1],
+            one["audio"] = one["audio"][:, :n]  # the item alone, no padding at all
+            torch.testing.assert_close(model.audio(one["audio"].transpose(1, 2), one["audio_lengths"]),
+                                       batched_audio[i : i + 1],
                                        atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(model(**one).logits, batched[i : i + 1], atol=1e-5, rtol=1e-5)
         # Another padding value and another batch mate give the same answer too.
         other = make_batch(tokens, [1000, lengths[1]], pad_value=1e6)
-        other["spec"][1, :, : lengths[1]] = batch["spec"][1, :, : lengths[1]]
+        other["audio"][1, : lengths[1]] = batch["audio"][1, : lengths[1]]
         other["input_ids"][1], other["attention_mask"][1] = batch["input_ids"][1], batch["attention_mask"][1]
         torch.testing.assert_close(model(**other).logits[1], batched[1], atol=1e-5, rtol=1e-5)
     assert batched_audio.std(0).mean() > 0  # the items really do differ
@@ -125,10 +122,10 @@ def test_missing_text_predicts_from_audio(tiny_bert_dir, tokens):
     # What the transcript said no longer matters, and no text input at all gives the same answer.
     batch["input_ids"] = batch["input_ids"].flip(0)
     torch.testing.assert_close(model(**batch).logits[1], mixed[1])
-    audio_only = model(spec=batch["spec"], spec_lengths=batch["spec_lengths"]).logits
+    audio_only = model(audio=batch["audio"], audio_lengths=batch["audio_lengths"]).logits
     torch.testing.assert_close(audio_only[1], mixed[1])
     with pytest.raises(ValueError):
-        model(spec=batch["spec"], spec_lengths=batch["spec_lengths"], text_present=torch.tensor([True, True]))
+        model(audio=batch["audio"], audio_lengths=batch["audio_lengths"], text_present=torch.tensor([True, True]))
 
 
 def test_modality_dropout_only_in_training(tiny_bert_dir, tokens):
@@ -250,7 +247,7 @@ def test_flops(tiny_bert_dir):
     # The analytic count agrees with PyTorch's own counter on a real forward (it adds only the pooling einsum).
     ids = torch.randint(1000, 2000, (1, 16))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(spec=torch.randn(1, N_MELS, 400), spec_lengths=torch.tensor([400]), input_ids=ids,
+        model(audio=torch.randn(1, 400, N_MELS), audio_lengths=torch.tensor([400]), input_ids=ids,
               attention_mask=torch.ones_like(ids))
     assert abs(counter.get_total_flops() - long) / long < 0.02
 
@@ -270,9 +267,9 @@ def test_config_validation_and_json(tiny_bert_dir):
         EmotionModel(tiny_config(tiny_bert_dir, text_hidden=384))
     model = build(tiny_bert_dir, modality="audio")
     with pytest.raises(ConfigError, match="one per mel bin"):
-        model.set_spec_stats(torch.zeros(3), torch.ones(3))
-    model.set_spec_stats(torch.zeros(N_MELS), torch.zeros(N_MELS))  # a constant bin must not divide by zero
-    assert torch.isfinite(model(spec=torch.full((1, N_MELS, 70), -100.0)).logits).all()
+        model.set_input_stats(torch.zeros(3), torch.ones(3))
+    model.set_input_stats(torch.zeros(N_MELS), torch.zeros(N_MELS))  # a constant bin must not divide by zero
+    assert torch.isfinite(model(audio=torch.full((1, 70, N_MELS), -100.0)).logits).all()
 
 
 def test_real_minilm_runs():

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from emocli import bundle
 from emocli.cli import app
 from emocli.errors import EmocliError
-from emocli.features import FeatureConfig, audio_features
+from emocli.features import FeatureConfig, audio_features, to_float16
 from emocli.model import ModelConfig, ModifiedAlexNet
 from emocli.predict import Predictor, collect_inputs, write_predictions
 from emocli.prepare import PrepareConfig, prepare
@@ -208,8 +208,9 @@ def test_missing_transcript_is_predicted_from_audio_with_the_learned_embedding(r
     # Reference: the model fed audio alone, which substitutes its learned missing-text embedding.
     model, config, _ = bundle.load_model(run)
     spec, _ = audio_features(wav, config.features)
+    feats = to_float16(spec.T).astype(np.float32)  # (T, F), rounded as the cache stores training data
     with torch.inference_mode():
-        logits = model(spec=torch.from_numpy(spec)[None], spec_lengths=torch.tensor([spec.shape[1]])).logits
+        logits = model(audio=torch.from_numpy(feats)[None], audio_lengths=torch.tensor([len(feats)])).logits
     np.testing.assert_allclose(probs(row), torch.softmax(logits, -1)[0].numpy(), atol=2e-6)
     (texted,) = read_rows(with_text).values()
     assert texted["audio_only"] is False
@@ -238,7 +239,7 @@ def test_batches_equal_one_at_a_time_whatever_the_order_and_padding(run, inputs)
 
     predictor = Predictor.from_run(run, device="cpu")
     items = collect_inputs(inputs)
-    lengths = {predictor.features(i).shape[1] for i in items}
+    lengths = {len(predictor.features(i)) for i in items}
     assert len(lengths) > 5 and min(lengths) < 63  # real padding, and AlexNet's minimum, are exercised
     alone = {i.id: np.array(list(r.probs.values())) for i in items for r in predictor.predict([i], batch_size=1)}
     rng = np.random.default_rng(0)
@@ -249,12 +250,12 @@ def test_batches_equal_one_at_a_time_whatever_the_order_and_padding(run, inputs)
             for r in results:
                 np.testing.assert_allclose(np.array(list(r.probs.values())), alone[r.id], rtol=0, atol=1e-6)
     # The tolerance has teeth: the same batch with its padding left unmasked gives other numbers.
-    specs = [predictor.features(i) for i in items[:3]]
-    padded = torch.zeros(3, FEATURES.n_mels, max(s.shape[1] for s in specs))
+    specs = [predictor.features(i) for i in items[:3]]  # (T, F) each
+    padded = torch.zeros(3, max(len(s) for s in specs), FEATURES.n_mels)
     for k, s in enumerate(specs):
-        padded[k, :, : s.shape[1]] = torch.from_numpy(s)
+        padded[k, : len(s)] = torch.from_numpy(s.astype(np.float32))
     with torch.inference_mode():
-        unmasked = torch.softmax(predictor.model(spec=padded).logits, -1).numpy()
+        unmasked = torch.softmax(predictor.model(audio=padded).logits, -1).numpy()
     assert max(np.abs(unmasked[k] - alone[items[k].id]).max() for k in range(3)) > 1e-5
 
 
@@ -272,13 +273,13 @@ def test_predictor_runs_the_cnn_channels_last_with_the_saved_models_results(run,
     assert all(m.weight.is_contiguous() for m in as_saved.modules() if isinstance(m, torch.nn.Conv2d))
     items = collect_inputs(inputs)[:6]
     specs = [predictor.features(i) for i in items]
-    padded = torch.zeros(len(specs), FEATURES.n_mels, max(s.shape[1] for s in specs))
+    padded = torch.zeros(len(specs), max(len(s) for s in specs), FEATURES.n_mels)
     for k, s in enumerate(specs):
-        padded[k, :, : s.shape[1]] = torch.from_numpy(s)
-    lengths = torch.tensor([s.shape[1] for s in specs])
+        padded[k, : len(s)] = torch.from_numpy(s.astype(np.float32))
+    lengths = torch.tensor([len(s) for s in specs])
     with torch.inference_mode():
-        fast, plain = (torch.softmax(m(spec=padded, spec_lengths=lengths).logits, -1) for m in (predictor.model,
-                                                                                                 as_saved))
+        fast, plain = (torch.softmax(m(audio=padded, audio_lengths=lengths).logits, -1) for m in (predictor.model,
+                                                                                                   as_saved))
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
 
 
@@ -321,8 +322,8 @@ def test_stereo_44k_copy_goes_through_the_prepare_feature_path(run, corpus, tmp_
         ((spec, lengths),) = seen
         specs[wav.stem] = spec[0, :, : int(lengths[0])].numpy()
         (rows[wav.stem],) = read_rows(tmp_path / f"{wav.stem}.jsonl").values()
-        # Exactly prepare's features, with the run's settings.
-        np.testing.assert_array_equal(specs[wav.stem], audio_features(wav, run_features)[0])
+        # Exactly prepare's features, with the run's settings, rounded to float16 as the cache stores them.
+        np.testing.assert_array_equal(specs[wav.stem], to_float16(audio_features(wav, run_features)[0]))
     a, b, c = specs[original.stem], specs[copy.stem], specs[other.stem]
     assert a.shape == b.shape and a.shape[0] == FEATURES.n_mels
     assert np.abs(a - b).mean() < 0.5  # dB: resampling there and back costs a little

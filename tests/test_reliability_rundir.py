@@ -179,9 +179,9 @@ DAMAGES: dict[str, tuple] = {
         _model_only("hidden size 64")),
     "tokenizer-larger-than-encoder": (_bigger_vocab, _model_only("tokens, its encoder only")),
     # ---- other versions
-    "format-99": (_config(_set("format_version", 99)), _expect("has run format 99, this emocli reads 1")),
+    "format-99": (_config(_set("format_version", 99)), _expect("has run format 99, this emocli reads 2")),
     "format-missing": (_config(_set("format_version", _DELETE)), _expect("has run format None")),
-    "model-field-from-a-newer-emocli": (_config(_set("model.attention_heads", 8)),
+    "model-field-from-a-newer-emocli": (_config(_set("model.mixture_of_experts", 8)),
                                         _expect("written by a newer emocli")),
     "older-emocli-same-format": (_config(_set("emocli_version", "0.0.1")), _expect(OK)),
     "config-not-json": (_write("config.json", "{not json"), _expect("config.json is not readable JSON")),

@@ -323,8 +323,8 @@ def test_run_dir_is_complete_self_contained_and_pickle_free(tiny_cache, tiny_ber
         for row in saved[:3]:
             i = index[row["utt_id"]]
             n = int(data.attention_mask[i].sum())
-            logits = model(spec=torch.from_numpy(data.spectrogram(i))[None],
-                           spec_lengths=torch.tensor([data.spec_lengths[i]]),
+            logits = model(audio=torch.from_numpy(data.spectrogram(i).T)[None],
+                           audio_lengths=torch.tensor([data.spec_lengths[i]]),
                            input_ids=torch.from_numpy(data.input_ids[i:i + 1, :n]).long(),
                            attention_mask=torch.from_numpy(data.attention_mask[i:i + 1, :n]).long()).logits
             np.testing.assert_allclose(torch.softmax(logits, 1)[0].numpy(), row["probs"], atol=1e-5)

@@ -79,7 +79,12 @@ def _hf_model_type(folder: Path) -> str | None:
 
 
 def load_upstream(info: EmbedderInfo, device: str = "cpu", threads: int = 0) -> Embedder:
-    """The encoder of `info`, its weights checked against the checksum the stage or run recorded."""
+    """The encoder of `info`, its weights checked against the checksum the stage or run recorded. `device` auto:
+    CUDA where the encoder's runtime sees a GPU."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device {device!r} is not one of auto, cpu, cuda")
+    if device == "auto":
+        device = "cuda" if _cuda_visible(info.kind) else "cpu"
     if info.kind == "whisper-ct2":
         from emocli.encoders import whisper
 
@@ -89,6 +94,16 @@ def load_upstream(info: EmbedderInfo, device: str = "cpu", threads: int = 0) -> 
 
         return hf_speech.load_hf_speech(info, device=device)
     raise EncoderError(f"unknown speech encoder kind {info.kind!r}; this run or stage was made by a newer emocli")
+
+
+def _cuda_visible(kind: str) -> bool:
+    if kind == "whisper-ct2":  # CTranslate2 has its own CUDA runtime: asking it costs no torch import
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count() > 0
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _relocated(info: EmbedderInfo) -> EmbedderInfo:
@@ -103,3 +118,17 @@ def _relocated(info: EmbedderInfo) -> EmbedderInfo:
         raise EncoderError(f"the installed {info.name} weights (sha256 {here.weights_sha256[:12]}…) are not those this "
                            f"run was made with ({info.weights_sha256[:12]}…); install the same package version")
     return here
+
+
+COMPUTE_TYPES = ("int8", "int8_float32", "float32", "float16", "int8_float16", "bfloat16")
+
+
+def audio_branch(name: str, compute_type: str = "int8") -> tuple[str, dict]:
+    """What `--audio-encoder NAME` means for ModelConfig: (audio_encoder, audio_upstream). A branch over the
+    cache's own log-mel (alexnet, or one registered) has no upstream; anything else is a pretrained encoder whose
+    frames a "frames" head reads."""
+    if compute_type not in COMPUTE_TYPES:
+        raise ConfigError(f"compute type {compute_type!r} is not one of {', '.join(COMPUTE_TYPES)}")
+    if is_branch_name(name):
+        return name, {}
+    return "frames", resolve_upstream(name, compute_type).to_json()

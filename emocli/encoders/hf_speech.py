@@ -6,7 +6,7 @@ before transformers loads, and pickled weights are refused. `HFSpeechEncoder` is
 fine-tuning); `load_hf_speech` wraps it as a frozen `Embedder` for the embedding stage and `predict`.
 
 What each family needs:
-- wav2vec2 / HuBERT / WavLM whose CNN uses layer norm (feat_extract_norm "layer": the large models, WavLM) take an
+- wav2vec2 / HuBERT / WavLM whose CNN uses layer norm (feat_extract_norm "layer", as the large models) take an
   attention mask, and a padded batch gives each item what it gives alone.
 - The same families with group norm (feat_extract_norm "group": wav2vec2-base, HuBERT-base) must get no mask, as
   Hugging Face's feature extractors do: the first conv layer's GroupNorm normalises over all time steps, padding
@@ -114,7 +114,7 @@ def _weights_file(folder: Path) -> Path:
                            f"them once with transformers: AutoModel.from_pretrained(folder).save_pretrained(folder) "
                            f"writes model.safetensors")
     if (folder / f"{WEIGHTS_FILE}.index.json").is_file():
-        raise EncoderError(f"{folder} has sharded weights; join them into one model.safetensors with "
+        raise EncoderError(f"{folder} has sharded weights; join them into one model.safetensors with transformers: "
                            f"AutoModel.from_pretrained(folder).save_pretrained(folder, max_shard_size='100GB')")
     raise EncoderError(f"{folder} has no {WEIGHTS_FILE}; copy the model's weights into it")
 
@@ -214,8 +214,10 @@ class HFSpeechEncoder(nn.Module):
         current = resolve_hf_speech(info.path)
         changed = sorted(k for k, v in current.identity().items() if info.identity().get(k) != v)
         if changed:
-            what = (f"{WEIGHTS_FILE} has sha256 {current.weights_sha256[:12]}…, but it was resolved with "
-                    f"{info.weights_sha256[:12]}…" if "weights_sha256" in changed else f"its {', '.join(changed)} changed")
+            what = f"its {', '.join(changed)} changed"
+            if "weights_sha256" in changed:
+                what = (f"{WEIGHTS_FILE} has sha256 {current.weights_sha256[:12]}…, but it was resolved with "
+                        f"{info.weights_sha256[:12]}…")
             raise EncoderError(f"{info.path} changed since it was resolved: {what}; resolve the folder again (the "
                                f"embeddings made with the old one no longer match it)")
         from transformers import AutoModel

