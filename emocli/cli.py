@@ -351,21 +351,31 @@ def compare(
     for run in runs:
         report, config = evaluate_run(run), open_run(run).config
         rows.append({"run": run.name or str(run), "modality": config.model.modality, "fusion": config.model.fusion,
+                     "audio_encoder": _audio_encoder_name(config.model),
                      "protocol": config.train["protocol"], "folds": len(report.folds),
                      **{k: {"mean": report.mean[k], "std": report.std[k]} for k in ("wa", "ua", "macro_f1")}})
     if as_json:
         print(json.dumps(rows))
         return
     table = Table(title="held-out scores, % (mean ± std over folds)")
-    for col in ("run", "modality", "protocol", "folds", "WA", "UA", "macro-F1"):
+    for col in ("run", "modality", "audio encoder", "protocol", "folds", "WA", "UA", "macro-F1"):
         table.add_column(col, justify="right" if col in ("folds", "WA", "UA", "macro-F1") else "left")
     best = max(r["ua"]["mean"] for r in rows)
     for r in rows:
         cells = [f"{100 * r[k]['mean']:.1f} ± {100 * r[k]['std']:.1f}" for k in ("wa", "ua", "macro_f1")]
         style = "bold green" if r["ua"]["mean"] == best else None
         modality = f"{r['modality']} ({r['fusion']})" if r["modality"] == "both" else r["modality"]
-        table.add_row(r["run"], modality, r["protocol"], str(r["folds"]), *cells, style=style)
+        table.add_row(r["run"], modality, r["audio_encoder"], r["protocol"], str(r["folds"]), *cells, style=style)
     out.print(table)
+
+
+def _audio_encoder_name(model) -> str:
+    """alexnet, a packaged encoder's name, or a folder's last part; "-" for a text-only model."""
+    if not model.uses_audio:
+        return "-"
+    if model.audio_upstream:
+        return Path(model.audio_upstream.get("name", "?")).name
+    return model.audio_encoder
 
 
 @app.command()

@@ -54,6 +54,7 @@ class TrainConfig:
     step_size: int = 30  # StepLR epochs, as the paper
     gamma: float = 0.1
     class_weighted: bool = False  # inverse-frequency class weights in the loss; off, as the paper
+    weight_decay: float = 0.0  # Adam's L2 penalty; 0, as the paper (a small head on few utterances may want it)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
@@ -82,6 +83,7 @@ class TrainConfig:
             (self.lr > 0, f"lr must be positive, not {self.lr}"),
             (self.step_size >= 1, f"step_size must be at least 1, not {self.step_size}"),
             (self.gamma > 0, f"gamma must be positive, not {self.gamma}"),
+            (self.weight_decay >= 0, f"weight_decay must be non-negative, not {self.weight_decay}"),
             (self.seed >= 0, f"seed must be non-negative, not {self.seed}"),
             (self.device in ("auto", "cpu", "cuda"), f"device {self.device!r} is not one of auto, cpu, cuda"),
             (self.precision in ("auto", "fp32", "bf16"),
@@ -276,17 +278,6 @@ def _model_inputs(data, model_config, stage, device) -> "ModelInputs":  # noqa: 
                              present if text else None, data.labels, device)
 
 
-def _input_stats(data, stage, model_config, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std of the audio branch's frames over the training part."""
-    from emocli.batch import frame_stats
-    from emocli.encoders.alexnet import SPEC_STD_FLOOR_DB
-    from emocli.encoders.frames import FRAME_STD_FLOOR
-
-    if model_config.audio_feature == "frames":
-        return frame_stats(stage.values, stage.offsets, indices, FRAME_STD_FLOOR)
-    return frame_stats(data.spec, data.spec_offsets, indices, SPEC_STD_FLOOR_DB)
-
-
 def _batch_order(n: int, batch_size: int, seed: int, fold: int, epoch: int) -> list[np.ndarray]:
     """The epoch's batches of positions 0..n-1: a pure function of (seed, fold, epoch)."""
     order = np.random.default_rng([seed, fold, epoch]).permutation(n)
@@ -458,8 +449,8 @@ def _train_fold(run, split: Split, data, stage, corpus, model_config, train_conf
     # the model, its input statistics, and the frozen text embeddings
     model = _build_model(model_config, split, train_config, dist_)
     if model_config.uses_audio:
-        mean, std = _input_stats(data, stage, model_config, split.train)
-        model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
+        values, offsets = (stage.values, stage.offsets) if stage is not None else (data.spec, data.spec_offsets)
+        model.audio.fit_inputs(values, offsets, split.train)
     if train_config.class_weighted:  # a buffer of the model: saved with its weights, used by its loss
         model.set_class_weights(torch.from_numpy(_class_weights(data.labels[split.train], len(data.meta.classes))))
     freeze = bool(model_config.freeze_text) and model_config.uses_text
@@ -469,7 +460,8 @@ def _train_fold(run, split: Split, data, stage, corpus, model_config, train_conf
         if corpus.text_embeds is None:  # the same pretrained encoder in every fold: once per run
             corpus.text_embeds = _text_embeddings(model, corpus, dist_)
 
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=train_config.lr)
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=train_config.lr,
+                                 weight_decay=train_config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=train_config.step_size, gamma=train_config.gamma)
     state = _FoldState()
     checkpoint = fold.load_checkpoint()

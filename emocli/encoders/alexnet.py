@@ -111,6 +111,12 @@ class ModifiedAlexNet(AudioEncoder):
     def pool(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return seq[:, 0]  # (B, A): AlexNet pools time itself
 
+    def fit_inputs(self, values, offsets, indices) -> None:
+        from emocli.batch import frame_stats
+
+        mean, std = frame_stats(values, offsets, indices, SPEC_STD_FLOOR_DB)
+        self.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
+
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
         std = torch.as_tensor(std, dtype=torch.float32).flatten()

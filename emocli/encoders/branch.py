@@ -35,6 +35,15 @@ class AudioEncoder(torch.nn.Module):
         """(B, S, seq_features), (B, S) -> (B, out_features): the utterance vector concat and gated fusion read."""
         raise NotImplementedError
 
+    def fit_inputs(self, values, offsets, indices) -> None:
+        """Learn input normalisation from the training part, once per fold, before the first step: `values` (F, ...)
+        every utterance's frames end to end as the cache or stage stores them, `offsets` (N + 1,), `indices` the
+        training utterances. By default, per-feature mean and std of their frames."""
+        from emocli.batch import frame_stats
+
+        mean, std = frame_stats(values, offsets, indices, floor=0.0)
+        self.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
+
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-feature mean and std of the training part's frames (the trainer calls it once per fold)."""
 

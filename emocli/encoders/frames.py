@@ -1,14 +1,15 @@
 """The head over a frozen pretrained speech encoder's hidden states (the "downstream" of s3prl and SUPERB).
 
 The embedding stage stores L layers of D-wide frames per utterance; this module learns what to make of them:
-a softmax-weighted sum of the layers (SUPERB's featurizer: which layer carries emotion differs per encoder), a
-projection to A, and attentive statistics pooling (Okabe et al. 2018: a learned weight per frame, then the
-weighted mean and standard deviation), so loud or emphatic frames can count more than silence.
+a softmax-weighted sum of the standardised layers (SUPERB's featurizer: which layer carries emotion differs per
+encoder), attentive statistics pooling (Okabe et al. 2018: a learned weight per frame, then the weighted mean and
+standard deviation, so emphatic frames can count more than silence), and a projection to A.
 Names: B batch, T frames, L layers, D the upstream's width, A audio_hidden.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -27,23 +28,31 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.
 
 
 class AttentiveStatsPooling(nn.Module):
-    """(B, T, A) sequence and (B, T) mask -> (B, 2A): attention-weighted mean and standard deviation."""
+    """(B, T, W) sequence and (B, T) mask -> (B, 2W): attention-weighted mean and standard deviation.
+
+    The scoring layer starts at zero, so training starts from plain mean and standard deviation pooling (uniform
+    weights): the statistics a logistic regression on frozen states uses, a strong start on a few hundred
+    utterances; the attention then learns which frames count more.
+    """
 
     def __init__(self, width: int, hidden: int = _ATTENTION_HIDDEN):
         super().__init__()
         self.attention = nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.attention[-1].weight)
+        nn.init.zeros_(self.attention[-1].bias)
         self.out_features = 2 * width
 
     def forward(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         seq = torch.where(mask[:, :, None], seq, 0.0)  # padding may hold anything: it must not reach a sum
         weights = masked_softmax(self.attention(seq).squeeze(-1).float(), mask, dim=1)[:, :, None]  # (B, T, 1)
-        mean = (weights * seq).sum(1)  # (B, A)
-        var = (weights * seq * seq).sum(1) - mean * mean  # (B, A)
-        return torch.cat([mean, var.clamp(min=_VARIANCE_FLOOR).sqrt()], dim=-1)  # (B, 2A)
+        mean = (weights * seq).sum(1)  # (B, W)
+        var = (weights * seq * seq).sum(1) - mean * mean  # (B, W)
+        return torch.cat([mean, var.clamp(min=_VARIANCE_FLOOR).sqrt()], dim=-1)  # (B, 2W)
 
 
 class FrameEncoder(AudioEncoder):
-    """Frozen upstream frames (B, T, L, D) -> (B, T, A) sequence; `pool` -> (B, 2A)."""
+    """Frozen upstream frames (B, T, L, D) -> the standardised, layer-weighted sequence (B, T, D); `pool` ->
+    attentive statistics (B, 2D) -> a projection to (B, A)."""
 
     feature = "frames"
 
@@ -57,9 +66,14 @@ class FrameEncoder(AudioEncoder):
         self.register_buffer("input_mean", torch.zeros(n_layers, width))
         self.register_buffer("input_std", torch.ones(n_layers, width))
         self.layer_logits = nn.Parameter(torch.zeros(n_layers))  # equal weights to start, as SUPERB
-        self.project = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout))
-        self.pooling = AttentiveStatsPooling(hidden)
-        self.seq_features, self.out_features = hidden, self.pooling.out_features
+        self.pooling = AttentiveStatsPooling(width)
+        # Utterance-level statistics of the pooled vectors over the training part: a frame's mean over time varies
+        # far less between utterances than its spread, so unscaled they train slowly (a logistic regression on
+        # frozen states standardises them too). Set by `fit_inputs`, saved with the weights.
+        self.register_buffer("pooled_mean", torch.zeros(self.pooling.out_features))
+        self.register_buffer("pooled_std", torch.ones(self.pooling.out_features))
+        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.pooling.out_features, hidden), nn.GELU())
+        self.seq_features, self.out_features = width, hidden
 
     @classmethod
     def from_config(cls, config) -> "FrameEncoder":
@@ -70,11 +84,27 @@ class FrameEncoder(AudioEncoder):
         mask = torch.arange(audio.size(1), device=audio.device)[None, :] < lengths[:, None]  # (B, T)
         x = (audio.to(self.input_mean.dtype) - self.input_mean) / self.input_std  # (B, T, L, D)
         x = torch.where(mask[:, :, None, None], x, 0.0)  # padding may be NaN in a hand-made batch: never let it in
-        x = torch.einsum("btld,l->btd", x, torch.softmax(self.layer_logits, dim=0))  # (B, T, D)
-        return self.project(x), mask  # (B, T, A), (B, T)
+        return torch.einsum("btld,l->btd", x, torch.softmax(self.layer_logits, dim=0)), mask  # (B, T, D), (B, T)
 
     def pool(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.pooling(seq, mask)  # (B, 2A)
+        pooled = (self.pooling(seq, mask) - self.pooled_mean) / self.pooled_std  # (B, 2D)
+        return self.project(pooled)  # (B, A)
+
+    def fit_inputs(self, values: np.ndarray, offsets: np.ndarray, indices: np.ndarray) -> None:
+        """Frame statistics per layer and dimension, then the pooled vectors' statistics at the start of training
+        (uniform frame and layer weights: plain mean and standard deviation), over the utterances `indices`."""
+        from emocli.batch import frame_stats
+
+        self.set_input_stats(*map(torch.from_numpy, frame_stats(values, offsets, indices, FRAME_STD_FLOOR)))
+        mean = self.input_mean.cpu().numpy().astype(np.float64)
+        std = self.input_std.cpu().numpy().astype(np.float64)
+        pooled = []
+        for i in indices:
+            x = ((values[offsets[i]:offsets[i + 1]].astype(np.float64) - mean) / std).mean(axis=1)  # (T, D)
+            pooled.append(np.concatenate([x.mean(axis=0), np.sqrt(np.maximum(x.var(axis=0), _VARIANCE_FLOOR))]))
+        pooled = np.stack(pooled)  # (n, 2D)
+        self.pooled_mean.copy_(torch.from_numpy(pooled.mean(axis=0)).float())
+        self.pooled_std.copy_(torch.from_numpy(np.maximum(pooled.std(axis=0), FRAME_STD_FLOOR)).float())
 
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         shape = (self.n_layers, self.width)
@@ -87,9 +117,9 @@ class FrameEncoder(AudioEncoder):
         self.input_std.copy_(std.view(shape).clamp(min=FRAME_STD_FLOOR))
 
     def layer_weights(self) -> list[float]:
-        """The learned share of each layer (reported after training: which layers carry emotion)."""
+        """The learned share of each layer (which layers carry emotion)."""
         return torch.softmax(self.layer_logits.detach().float(), dim=0).tolist()
 
     def flops(self, n_frames: int) -> int:
-        a = self.seq_features
-        return n_frames * (2 * self.n_layers * self.width + 2 * self.width * a + 2 * a * _ATTENTION_HIDDEN)
+        d = self.width
+        return n_frames * (2 * self.n_layers * d + 2 * d * _ATTENTION_HIDDEN) + 2 * 2 * d * self.out_features

@@ -335,7 +335,10 @@ def _hann() -> np.ndarray:
 
 
 def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
-    """Whisper's log-mel of 16 kHz float audio, not padded: shape (n_mels, len(audio) // HOP_LENGTH) float32."""
+    """Whisper's log-mel of 16 kHz float audio, not padded: shape (n_mels, len(audio) // HOP_LENGTH) float32.
+
+    Needs at least HOP_LENGTH samples (`WhisperEmbedder.mel` pads shorter audio). The 80 dB floor is set by the
+    loudest bin of the whole input, as openai/whisper does for a long file before it cuts 30 s windows."""
     audio = np.asarray(audio, dtype=np.float32)
     padded = np.pad(audio, N_FFT // 2, mode="reflect")  # centred frames, as torch.stft(center=True)
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:-1]  # whisper drops the last
@@ -443,7 +446,10 @@ def load_whisper(info: EmbedderInfo, device: str = "cpu", threads: int = 0) -> W
     if actual != info.weights_sha256:
         raise EncoderError(f"{model_bin} has sha256 {actual[:12]}…, but {info.name!r} was resolved with "
                            f"{info.weights_sha256[:12]}…: the file is corrupt or replaced; {_reload_hint(info.name)}")
-    compute_type = info.settings["compute_type"]
+    compute_type, n_mels = info.settings.get("compute_type"), info.settings.get("n_mels")
+    if compute_type is None or n_mels is None:
+        raise EncoderError(f"the settings of {info.name!r} lack compute_type or n_mels ({info.settings}); resolve "
+                           f"the encoder again")
     supported = _supported_compute_types(device)
     if compute_type not in supported:
         raise EncoderError(f"compute type {compute_type!r} does not run on {device!r} here; use one of "
@@ -454,7 +460,6 @@ def load_whisper(info: EmbedderInfo, device: str = "cpu", threads: int = 0) -> W
     workers, per_worker = (threads, 1) if device == "cpu" else (1, threads)
     model = _ctranslate2_whisper(folder, device=device, compute_type=compute_type, inter_threads=workers,
                                  intra_threads=per_worker)
-    if model.n_mels != info.settings["n_mels"]:
-        raise EncoderError(f"{folder} takes {model.n_mels} mel bands but was resolved with "
-                           f"{info.settings['n_mels']}; resolve it again")
+    if model.n_mels != n_mels:
+        raise EncoderError(f"{folder} takes {model.n_mels} mel bands but was resolved with {n_mels}; resolve it again")
     return WhisperEmbedder(info, model, workers)
