@@ -210,6 +210,7 @@ def train(
                                            help="Training only: chance of hiding the transcript, so audio alone works."),
     dropout: float = typer.Option(0.3, "--dropout"),
     class_weighted: bool = typer.Option(False, "--class-weighted", help="Inverse-frequency class weights in the loss."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", min=0.0, help="Adam's L2 penalty (the paper: 0)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Of the training part, for best-epoch selection."),
     last_epoch: bool = typer.Option(False, "--last-epoch", help="Test the last epoch instead of the best on validation."),
     seed: int = typer.Option(0, "--seed", min=0),
@@ -233,6 +234,7 @@ def train(
         freeze_text=freeze_text, dropout=dropout, modality_dropout=modality_dropout if modality == "both" else 0.0)
     train_config = TrainConfig(protocol=protocol, repeats=repeats, epochs=epochs, batch_size=batch_size, lr=lr,
                                step_size=step_size, gamma=gamma, class_weighted=class_weighted, seed=seed,
+                               weight_decay=weight_decay,
                                device=device, precision=precision, val_fraction=val_fraction,
                                select_best=not last_epoch, audio_init=str(audio_init or ""))
     train_config.validate()
