@@ -19,7 +19,7 @@ IEMOCAP_KEPT_SECONDS = 7 * 3600  # ~7 h of 4-class audio at max_seconds 15
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("manifest", nargs="?", default="../shared/data/emodb/manifest-all.csv")
+    parser.add_argument("manifest", nargs="?", default="../shared/data/emodb/manifest-4class.csv")
     parser.add_argument("--encoders", nargs="+", default=["whisper", "whisper-base"])
     parser.add_argument("--compute-types", nargs="+", default=["int8", "float32"])
     args = parser.parse_args()
@@ -32,7 +32,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache_path = Path(tmp) / "cache.h5"
         started = time.perf_counter()
-        prepare(Path(args.manifest), cache_path, PrepareConfig(label_set="all" if "all" in args.manifest else "4class"))
+        prepare(Path(args.manifest), cache_path, PrepareConfig())
         logmel = time.perf_counter() - started
         data = cache.read_cache(cache_path)
         n, seconds = len(data), float(data.durations.sum())
