@@ -36,7 +36,7 @@ MIN_SAMPLES = 2 * HOP_LENGTH  # shorter audio is zero-padded to this: two mel fr
 LOG_FLOOR = 1e-10  # mel power floor before log10, as in openai/whisper
 DYNAMIC_RANGE_LOG10 = 8.0  # log10 units kept below the loudest mel bin: 80 dB
 COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float32", "float16", "bfloat16")
-DEFAULT_COMPUTE_TYPE = "int8"  # ~3x faster than float32 on 2 CPU cores, same EmoDB accuracy (measured)
+DEFAULT_COMPUTE_TYPE = "int8"  # 1.9-2.4x faster than float32 on 2 CPU cores; the same EmoDB accuracy
 _HASH_CHUNK = 1 << 22  # bytes read per hashing step
 _KNOWN_BINARY_VERSION = 6  # the model.bin layout `_read_header` parses; others are learnt by loading the model
 
@@ -455,8 +455,9 @@ def load_whisper(info: EmbedderInfo, device: str = "cpu", threads: int = 0) -> W
         raise EncoderError(f"compute type {compute_type!r} does not run on {device!r} here; use one of "
                            f"{', '.join(sorted(supported))}")
     threads = threads if threads > 0 else available_cores()
-    # On CPU, one single-threaded worker per core: EmoDB-length clips (2-3 s) run 1.4x faster that way than as one
-    # worker with 2 threads, whose small matrix products spend their time synchronising.
+    # On CPU, one single-threaded worker per core: on 2 cores, EmoDB's 2-3 s clips ran 1.45x (int8) to 2.2x (float32)
+    # faster that way than as one worker with 2 threads, whose small matrix products spend their time synchronising,
+    # and that one fell to a fraction of its speed when other processes shared the cores.
     workers, per_worker = (threads, 1) if device == "cpu" else (1, threads)
     model = _ctranslate2_whisper(folder, device=device, compute_type=compute_type, inter_threads=workers,
                                  intra_threads=per_worker)
