@@ -23,7 +23,8 @@ from emocli.errors import AudioError, CacheError, EncoderError
 from emocli.features import FeatureConfig, load_audio, to_float16
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
-_PREFETCH = 4  # files decoded ahead of the encoder, in a thread: decoding and encoding overlap on two cores
+_GROUP = 16  # files handed to the encoder at once (its embed_many spreads them over its workers)
+_PREFETCH = 2  # groups decoded ahead of the encoder, in a thread: decoding and encoding overlap
 
 
 def stage_fingerprint(cache_fingerprint: str, info: EmbedderInfo) -> str:
@@ -40,8 +41,19 @@ def load_utterance_audio(path: Path, features: FeatureConfig, sample_rate: int) 
 
 def utterance_frames(upstream: Embedder, audio: np.ndarray) -> np.ndarray:
     """(T, L, D) float16 hidden states of one utterance, time-major as the stage stores and batches read them."""
-    hidden = upstream.embed(audio)  # (L, T, D) float32
-    return to_float16(np.ascontiguousarray(np.transpose(hidden, (1, 0, 2))))
+    return _time_major(upstream.embed(audio))
+
+
+def many_utterance_frames(upstream: Embedder, audios: list[np.ndarray]) -> list[np.ndarray]:
+    """`utterance_frames` of each, through the encoder's own `embed_many` where it has one (every core busy, and
+    each item exactly as alone: the encoders never let padding change an item)."""
+    many = getattr(upstream, "embed_many", None)
+    hidden = many(audios) if many is not None else [upstream.embed(a) for a in audios]
+    return [_time_major(h) for h in hidden]
+
+
+def _time_major(hidden: np.ndarray) -> np.ndarray:
+    return to_float16(np.ascontiguousarray(np.transpose(hidden, (1, 0, 2))))  # (L, T, D) -> (T, L, D)
 
 
 def ensure_stage(cache_path: Path, upstream: dict | EmbedderInfo, data: "cache.CacheData | None" = None,
@@ -61,7 +73,11 @@ def ensure_stage(cache_path: Path, upstream: dict | EmbedderInfo, data: "cache.C
                 if cache.read_stage_fingerprint(path) != digest:  # another process may have made it meanwhile
                     cache.remove_stale_temporaries(path)
                     _compute(data, range(len(data)), info, path, digest, device, progress)
-    return cache.read_stage(path, data.utt_ids)
+    stage = cache.read_stage(path, data.utt_ids)
+    if stage.values.shape[1:] != (info.n_layers, info.hidden_size):
+        raise EncoderError(f"the embedding stage {path} holds {stage.values.shape[1]} layers of {stage.values.shape[2]}, "
+                           f"but {info.name} gives {info.n_layers} of {info.hidden_size}; delete the stage and rerun")
+    return stage
 
 
 def _compute(data: "cache.CacheData", indices, info: EmbedderInfo, path: Path, digest: str, device: str,
@@ -104,14 +120,15 @@ def _embed_files(upstream: Embedder, paths: list[Path], features: FeatureConfig)
         except AudioError as exc:
             raise EncoderError(f"{exc}; it was readable when the cache was made — rerun `emocli prepare`") from None
 
+    groups = [paths[k:k + _GROUP] for k in range(0, len(paths), _GROUP)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = [pool.submit(decode, p) for p in paths[:_PREFETCH]]
-        for k in range(len(paths)):
-            audio = pending[k].result()
-            if k + _PREFETCH < len(paths):
-                pending.append(pool.submit(decode, paths[k + _PREFETCH]))
+        pending = [pool.submit(lambda g=g: [decode(p) for p in g]) for g in groups[:_PREFETCH]]
+        for k in range(len(groups)):
+            audios = pending[k].result()
+            if k + _PREFETCH < len(groups):
+                pending.append(pool.submit(lambda g=groups[k + _PREFETCH]: [decode(p) for p in g]))
             pending[k] = None  # free the decoded audio once it is embedded
-            yield utterance_frames(upstream, audio)
+            yield from many_utterance_frames(upstream, audios)
 
 
 def _compute_sharded(data, info: EmbedderInfo, path: Path, digest: str, device: str, rank: int, world: int,

@@ -22,7 +22,7 @@ import numpy as np
 
 from emocli.atomic import write_bytes_atomic
 from emocli.errors import AudioError, ConfigError, CorpusError
-from emocli.embed import load_utterance_audio, utterance_frames
+from emocli.embed import load_utterance_audio, many_utterance_frames, utterance_frames
 from emocli.features import FeatureConfig, audio_features, to_float16, tokenize
 
 if TYPE_CHECKING:  # torch and the model load only once a run is opened: `--help` and input errors stay fast
@@ -270,8 +270,18 @@ class Predictor:
         if not self.config.model.uses_audio:
             return [None] * len(items)  # a text-only model never decodes audio: a broken file costs nothing
         if self.upstream is not None:  # the encoder uses every core itself; decoding is a small share of it
-            return [_safe(self.features, item.path, item) for item in items]
+            return self._upstream_features(items)
         return list(feature_map(_safe_features, [(item.path, self.config.features) for item in items]))
+
+    def _upstream_features(self, items: list[PredictItem]) -> list[np.ndarray | str]:
+        """Each item's frames, the decodable ones through the encoder together; the reason for each that fails."""
+        rate = self.upstream.info.sample_rate
+        audios = [_safe(load_utterance_audio, item.path, item.path, self.config.features, rate) for item in items]
+        good = [k for k, a in enumerate(audios) if not isinstance(a, str)]
+        frames = many_utterance_frames(self.upstream, [audios[k] for k in good])
+        for k, f in zip(good, frames):
+            audios[k] = f
+        return audios
 
     def _refusal(self, item: PredictItem) -> str | None:
         if self.config.model.modality == "text" and item.text is None:
