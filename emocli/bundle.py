@@ -17,6 +17,7 @@ Layout (FORMAT_VERSION 2):
     folds/<name>/result.json         the fold's scores; its presence marks the fold finished
     tensorboard/<name>/              TensorBoard scalars
     summary.json                     scores of every fold and their mean and std
+    metrics[-<cache>].json, confusion[-<cache>].png, training-curves.png   written by `emocli eval`
 
 Every file is written to a temporary name and renamed, so kill -9 at any moment leaves either the previous
 version or the new one. Nothing is ever unpickled: weights are safetensors, everything else JSON.
@@ -200,7 +201,15 @@ class Fold:
     def _checkpoint_file(self) -> Path:
         return self.path / "checkpoint" / "checkpoint.safetensors"
 
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where the fold's checkpoint lives (for messages that name it)."""
+        return self._checkpoint_file.parent
+
     # manifest and logs
+    def has_split(self) -> bool:
+        return (self.path / "split.json").is_file()
+
     def save_split(self, split: dict[str, list[str]]) -> None:
         _atomic_write_json(self.path / "split.json", split)
 
@@ -276,6 +285,13 @@ class Run:
 
     def save_text_encoder(self, tensors: dict) -> None:
         _atomic_save_tensors(self.path / "text_model" / "model.safetensors", tensors, {"format": "pt"})
+
+    def report_paths(self, other_cache: str | None = None) -> dict[str, Path]:
+        """Where eval writes: metrics.json and confusion.png (suffixed by another cache's name when it scored one),
+        and training-curves.png (the same training whatever the test data)."""
+        suffix = "" if other_cache is None else "-" + fold_dirname(other_cache)
+        return {"metrics": self.path / f"metrics{suffix}.json", "confusion": self.path / f"confusion{suffix}.png",
+                "curves": self.path / "training-curves.png"}
 
     def save_summary(self, summary: dict) -> None:
         _atomic_write_json(self.path / "summary.json", summary)

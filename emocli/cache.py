@@ -39,6 +39,31 @@ def fingerprint(inputs: dict) -> str:
 
 
 @dataclass(frozen=True)
+class CacheInputs:
+    """What a cache was made from, typed: the feature settings, the label set, the tokenizer, the reader and the
+    source's identity. Its JSON (`CacheMeta.inputs`) is what the fingerprint digests."""
+
+    features: "FeatureConfig"  # noqa: F821
+    label_set: "LabelSet"  # noqa: F821
+    tokenizer: dict  # {name, identity, model_type}
+    reader: dict
+    source: dict
+
+    @classmethod
+    def from_json(cls, data: dict, where: Path) -> "CacheInputs":
+        from emocli.corpus.records import LabelSet
+        from emocli.features import FeatureConfig
+
+        try:
+            return cls(features=FeatureConfig.from_json(data["feature_config"]),
+                       label_set=LabelSet.from_json(data["label_set"]), tokenizer=dict(data.get("tokenizer", {})),
+                       reader=dict(data.get("reader", {})), source=dict(data.get("source", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CacheError(f"{where} has damaged settings ({type(exc).__name__}: {exc}); rebuild it with "
+                             f"`emocli prepare`") from None
+
+
+@dataclass(frozen=True)
 class CacheMeta:
     fingerprint: str
     format_version: int
@@ -48,6 +73,9 @@ class CacheMeta:
     @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self.inputs["label_set"]["classes"])
+
+    def typed_inputs(self, where: Path) -> CacheInputs:
+        return CacheInputs.from_json(self.inputs, where)
 
 
 @dataclass

@@ -225,12 +225,12 @@ def train(
     from emocli.train import TrainConfig, protocol_warnings
     from emocli.train import train as run_training
 
-    meta = read_meta(cache_path)
+    inputs = read_meta(cache_path).typed_inputs(cache_path)
     encoder, upstream = audio_branch(audio_encoder, compute_type) if modality != "text" else ("alexnet", {})
     model_config = ModelConfig(
-        n_classes=len(meta.classes), n_mels=int(meta.inputs["feature_config"]["n_mels"]), modality=modality,
+        n_classes=len(inputs.label_set.classes), n_mels=inputs.features.n_mels, modality=modality,
         fusion=fusion, audio_encoder=encoder, audio_upstream=upstream, audio_hidden=audio_hidden,
-        audio_width=audio_width, text_model=text_model or meta.inputs["tokenizer"]["name"],
+        audio_width=audio_width, text_model=text_model or inputs.tokenizer["name"],
         freeze_text=freeze_text, dropout=dropout, modality_dropout=modality_dropout if modality == "both" else 0.0)
     train_config = TrainConfig(protocol=protocol, repeats=repeats, epochs=epochs, batch_size=batch_size, lr=lr,
                                step_size=step_size, gamma=gamma, class_weighted=class_weighted, seed=seed,

@@ -86,7 +86,7 @@ def _compute(data: "cache.CacheData", indices, info: EmbedderInfo, path: Path, d
 
     indices = list(indices)
     upstream = load_upstream(info, device=device)
-    features = FeatureConfig.from_json(data.meta.inputs["feature_config"])
+    features = data.meta.typed_inputs(path).features
     try:
         writer = cache.StageWriter(path, (info.n_layers, info.hidden_size))
     except OSError as exc:

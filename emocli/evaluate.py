@@ -26,13 +26,6 @@ from emocli.atomic import write_bytes_atomic
 from emocli.errors import CacheError, CheckpointError, ConfigError
 
 HELD_OUT = "held-out test parts"
-METRICS_NAME = "metrics"  # metrics.json, or metrics-<cache stem>.json for a report on another cache
-CONFUSION_NAME = "confusion"
-CURVES_NAME = "training-curves"
-# Feature settings that only decide which files get into a cache, not what the model sees of one.
-_SELECTION_ONLY = ("min_seconds", "silence_peak")
-# `emocli prepare` options for the feature settings it exposes, to say how to rebuild a mismatching cache.
-_PREPARE_FLAGS = {"n_mels": "--n-mels", "max_seconds": "--max-seconds"}
 _PLOT_DPI = 120
 _SCALARS = ("wa", "ua", "macro_f1")
 _PER_CLASS = ("precision", "recall", "f1")
@@ -168,32 +161,6 @@ def evaluate_run(run_dir: Path) -> EvalReport:
 # --------------------------------------------------------------------------------------------- another cache
 
 
-def check_cache_fits(config: bundle.RunConfig, meta: cache.CacheMeta, cache_path: Path) -> None:
-    """ConfigError unless the cache holds what the run's model was trained on: its classes in its order, its
-    features, and (for a model that reads text) its tokenizer."""
-    cached_classes = tuple(meta.inputs.get("label_set", {}).get("classes", ()))
-    if cached_classes != config.classes:
-        raise ConfigError(f"label-set mismatch: run has {', '.join(config.classes)}, cache {cache_path} has "
-                          f"{', '.join(cached_classes) or 'none'}; prepare the cache with the run's label set "
-                          f"(--labels {config.label_set.name})")
-    ours = config.features.to_json()
-    theirs = dict(meta.inputs.get("feature_config", {}))
-    differing = [k for k in sorted(set(ours) | set(theirs)) if k not in _SELECTION_ONLY
-                 and ours.get(k, "<absent>") != theirs.get(k, "<absent>")]
-    if differing:
-        pairs = ", ".join(f"{k} {ours.get(k, '<absent>')} vs {theirs.get(k, '<absent>')}" for k in differing)
-        flags = " ".join(f"{_PREPARE_FLAGS[k]} {ours[k]}" for k in differing if k in _PREPARE_FLAGS and k in ours)
-        raise ConfigError(f"feature mismatch: the run's model saw other features than cache {cache_path} holds "
-                          f"(run vs cache: {pairs}); re-run `emocli prepare` with the run's settings"
-                          + (f" ({flags})" if flags else ""))
-    if config.model.uses_text:
-        ours_tok, theirs_tok = config.tokenizer, dict(meta.inputs.get("tokenizer", {}))
-        if ours_tok.get("identity") != theirs_tok.get("identity"):
-            raise ConfigError(f"tokenizer mismatch: the run's text model was fed tokens of {ours_tok.get('name')!r}, "
-                              f"cache {cache_path} was tokenised with {theirs_tok.get('name')!r}; re-run "
-                              f"`emocli prepare --text-model {config.model.text_model}`")
-
-
 def predict_cache(model, data: cache.CacheData, batch_size: int = 64, device="cpu", stage=None) -> np.ndarray:
     """(N, C) float32 class probabilities of every utterance of `data`, in cache order.
 
@@ -234,7 +201,10 @@ def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", bat
     run = bundle.open_run(Path(run_dir))
     finished, unfinished = _finished_folds(run)
     cache_path = Path(cache_path)
-    check_cache_fits(run.config, cache.read_meta(cache_path), cache_path)  # before reading gigabytes
+    from emocli.compat import check_cache_fits
+
+    inputs = cache.read_meta(cache_path).typed_inputs(cache_path)
+    check_cache_fits(inputs, run.config.model, cache_path, run=run.config)  # before reading gigabytes
     data = cache.read_cache(cache_path)
     if not len(data):
         raise CacheError(f"cache {cache_path} holds no utterance; nothing to evaluate")
@@ -257,12 +227,8 @@ def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", bat
 
 
 def report_paths(report: EvalReport, run_dir: Path) -> dict[str, Path]:
-    """Where `save_report` writes: metrics, confusion and curves; suffixed by the cache's stem for another cache."""
-    suffix = "" if report.cache is None else "-" + bundle.fold_dirname(report.cache.stem)
-    run_dir = Path(run_dir)
-    return {"metrics": run_dir / f"{METRICS_NAME}{suffix}.json",
-            "confusion": run_dir / f"{CONFUSION_NAME}{suffix}.png",
-            "curves": run_dir / f"{CURVES_NAME}.png"}  # the same training whatever the test data
+    """Where `save_report` writes (the run directory's layout is bundle's); another cache's report is named by it."""
+    return bundle.open_run(Path(run_dir)).report_paths(report.cache.stem if report.cache is not None else None)
 
 
 def save_report(report: EvalReport, run_dir: Path) -> list[Path]:

@@ -319,7 +319,10 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
 
     train_config.validate()
     data = read_cache(cache_path)
-    text_ref = _check_compatible(data.meta, model_config, cache_path)
+    from emocli.compat import check_cache_fits
+
+    inputs = data.meta.typed_inputs(cache_path)
+    text_ref = check_cache_fits(inputs, model_config, cache_path)
     if text_ref is not None:  # the encoder's width is a fact of the text model, not a choice: taken from it
         from emocli.text_model import encoder_hidden_size
 
@@ -327,8 +330,8 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
     classes = data.meta.classes
     splits = make_splits(data.labels, data.sessions, classes, train_config)
     run_config = bundle.RunConfig(model=model_config, train=train_config.to_json(),
-                                  features=_feature_config(data.meta), label_set=_label_set(data.meta),
-                                  tokenizer=dict(data.meta.inputs.get("tokenizer", {})),
+                                  features=inputs.features, label_set=inputs.label_set,
+                                  tokenizer=inputs.tokenizer,
                                   cache_fingerprint=data.meta.fingerprint, folds=tuple(s.name for s in splits))
     dist_ = _setup(train_config)
     stage = None
@@ -344,7 +347,7 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
         if dist_.main:
             for s in splits:
                 fold = run.fold(s.name)
-                if not (fold.path / "split.json").is_file():
+                if not fold.has_split():
                     fold.save_split({part: [data.utt_ids[i] for i in getattr(s, part)]
                                      for part in ("train", "val", "test")})
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -366,41 +369,6 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
             import torch.distributed as dist
 
             dist.destroy_process_group()
-
-
-def _feature_config(meta):
-    from emocli.features import FeatureConfig
-
-    return FeatureConfig.from_json(meta.inputs["feature_config"])
-
-
-def _label_set(meta):
-    from emocli.corpus.records import LabelSet
-
-    return LabelSet.from_json(meta.inputs["label_set"])
-
-
-def _check_compatible(meta, model_config, cache_path: Path):
-    """The text model (None for audio only), after checking the model fits the cache's labels, mels and tokens."""
-    from emocli.text_model import resolve_text_model, tokenizer_identity
-
-    n_classes, n_mels = len(meta.classes), int(meta.inputs["feature_config"]["n_mels"])
-    if model_config.n_classes != n_classes:
-        raise ConfigError(f"the model has {model_config.n_classes} classes, the cache {cache_path} has {n_classes} "
-                          f"({', '.join(meta.classes)}); set n_classes={n_classes}")
-    if model_config.n_mels != n_mels:
-        raise ConfigError(f"the model expects {model_config.n_mels} mel bands, the cache {cache_path} has {n_mels}; "
-                          f"set n_mels={n_mels} or re-run `emocli prepare --n-mels {model_config.n_mels}`")
-    if not model_config.uses_text:
-        return None
-    ref = resolve_text_model(model_config.text_model)
-    cached = meta.inputs.get("tokenizer", {}).get("identity")
-    if cached != tokenizer_identity(ref):
-        name = meta.inputs.get("tokenizer", {}).get("name")
-        raise ConfigError(f"the cache {cache_path} was tokenised with {name!r}, "
-                          f"which differs from the text model {model_config.text_model!r}; re-run `emocli prepare "
-                          f"--text-model {model_config.text_model}` or train with the cache's text model")
-    return ref
 
 
 def _open_run(run_dir: Path, run_config, text_ref, dist_: _Dist, held: contextlib.ExitStack):
@@ -564,7 +532,7 @@ def _finish_fold(fold, split: Split, data, corpus, model, freeze: bool, state: _
     """Test the chosen epoch's weights on the held-out part; save weights, predictions and scores."""
     tested_epoch = state.epoch
     if train_config.select_best and state.best_weights is not None:
-        bundle.load_model_state(model, state.best_weights, freeze, fold.path / "checkpoint")
+        bundle.load_model_state(model, state.best_weights, freeze, fold.checkpoint_path)
         tested_epoch = state.best["epoch"]
     probs, _ = _predict(model, corpus, split.test, train_config.batch_size, autocast)  # (n_test, C)
     classes = data.meta.classes
@@ -639,7 +607,7 @@ def _restore(checkpoint: tuple[dict, dict], model, optimizer, scheduler, freeze:
              ) -> _FoldState:
     tensors, saved = checkpoint
     strip = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
-    bundle.load_model_state(model, strip("model."), freeze, fold.path / "checkpoint")
+    bundle.load_model_state(model, strip("model."), freeze, fold.checkpoint_path)
     optimizer.load_state_dict(bundle.unflatten_optimizer(tensors, saved["optimizer"]))
     scheduler.load_state_dict(saved["scheduler"])
     _set_rng_state(tensors, saved["rng"], dist_)
