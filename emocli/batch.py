@@ -44,6 +44,13 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+def inference_batch_size(model, requested: int) -> int:
+    """`requested`, or 1 for an audio branch whose padding changes its outputs (a group-norm wav2vec2 being
+    fine-tuned): outside training a prediction must not depend on what it was batched with."""
+    audio = getattr(model, "audio", None)
+    return requested if audio is None or audio.padding_exact else 1
+
+
 @dataclass
 class Ragged:
     """Variable-length items stored end to end: item i is values[offsets[i]:offsets[i] + lengths[i]]."""

@@ -420,6 +420,7 @@ def load_model(run_dir: Path, fold: str | None = None, device: str = "cpu"):
     """
     import torch
 
+    from emocli.encoders import audio_encoder_class
     from emocli.model import EmotionModel, TextEncoder
 
     run = open_run(run_dir)
@@ -448,7 +449,9 @@ def load_model(run_dir: Path, fold: str | None = None, device: str = "cpu"):
         with torch.device(where_built):
             if config.model.uses_text:
                 encoder = TextEncoder.from_config(hf_config, config.model.text_pooling)
-            model = EmotionModel(config.model, text_encoder=encoder)
+            audio = audio_encoder_class(config.model.audio_encoder).for_saved(config.model) \
+                if config.model.uses_audio else None
+            model = EmotionModel(config.model, text_encoder=encoder, audio_encoder=audio)
         load_model_state(model, tensors, freeze_text=False, where=weights, assign=True)
         if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             break

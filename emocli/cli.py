@@ -201,6 +201,10 @@ def train(
     compute_type: str = typer.Option("int8", "--compute-type", help=_COMPUTE_TYPE_HELP),
     audio_hidden: int = typer.Option(256, "--audio-hidden", min=1, help="Pretrained encoders: width of the head "
                                                                         "over their frames."),
+    finetune_audio: bool = typer.Option(False, "--finetune-audio", help="Fine-tune a Hugging Face speech encoder "
+                                        "folder end to end (its CNN front end stays frozen); meant for a GPU."),
+    audio_lr: float = typer.Option(0.0, "--audio-lr", min=0.0, help="With --finetune-audio: the encoder's own "
+                                                                    "learning rate (e.g. 3e-5; 0 = --lr)."),
     freeze_text: bool = typer.Option(False, "--freeze-text", help="CPU-friendly: frozen encoder, embeddings computed once."),
     text_model: Optional[str] = typer.Option(None, "--text-model", help="Default: the cache's own text model."),
     audio_width: float = typer.Option(1.0, "--audio-width", help="ModifiedAlexNet width (1.0 = AlexNet)."),
@@ -226,7 +230,8 @@ def train(
     from emocli.train import train as run_training
 
     inputs = read_meta(cache_path).typed_inputs(cache_path)
-    encoder, upstream = audio_branch(audio_encoder, compute_type) if modality != "text" else ("alexnet", {})
+    encoder, upstream = audio_branch(audio_encoder, compute_type, finetune_audio) if modality != "text" \
+        else ("alexnet", {})
     model_config = ModelConfig(
         n_classes=len(inputs.label_set.classes), n_mels=inputs.features.n_mels, modality=modality,
         fusion=fusion, audio_encoder=encoder, audio_upstream=upstream, audio_hidden=audio_hidden,
@@ -234,7 +239,7 @@ def train(
         freeze_text=freeze_text, dropout=dropout, modality_dropout=modality_dropout if modality == "both" else 0.0)
     train_config = TrainConfig(protocol=protocol, repeats=repeats, epochs=epochs, batch_size=batch_size, lr=lr,
                                step_size=step_size, gamma=gamma, class_weighted=class_weighted, seed=seed,
-                               weight_decay=weight_decay,
+                               weight_decay=weight_decay, audio_lr=audio_lr,
                                device=device, precision=precision, val_fraction=val_fraction,
                                select_best=not last_epoch, audio_init=str(audio_init or ""))
     train_config.validate()

@@ -169,13 +169,14 @@ def predict_cache(model, data: cache.CacheData, batch_size: int = 64, device="cp
     """
     import torch
 
-    from emocli.batch import ModelInputs, Ragged
+    from emocli.batch import ModelInputs, Ragged, inference_batch_size
 
     config = model.config
+    batch_size = inference_batch_size(model, batch_size)
     audio = None
     if config.audio_feature == "logmel":
         audio = Ragged.from_arrays(data.spec, data.spec_offsets)
-    elif config.audio_feature == "frames":
+    elif config.audio_feature in ("frames", "waveform"):
         audio = Ragged.from_arrays(stage.values, stage.offsets)
     present = np.array([bool(t.strip()) for t in data.texts], dtype=bool)  # a blank transcript is no transcript
     text = config.uses_text
@@ -209,11 +210,13 @@ def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", bat
     if not len(data):
         raise CacheError(f"cache {cache_path} holds no utterance; nothing to evaluate")
     torch_device = resolve_device(device)
-    stage = None
-    if run.config.model.audio_feature == "frames":  # the same pinned encoder the run was trained on
+    from emocli.encoders import feature_source
+
+    stage, source = None, feature_source(run.config.model)
+    if source is not None:  # the same pinned encoder the run was trained on
         from emocli.embed import ensure_stage
 
-        stage = ensure_stage(cache_path, run.config.model.audio_upstream, data, device=torch_device.type)
+        stage = ensure_stage(cache_path, source, data, device=torch_device.type)
     folds = []
     for name in finished:
         model, _, _ = bundle.load_model(run.path, name, str(torch_device))

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from emocli.encoders import audio_encoder_class
+from emocli.encoders import audio_encoder_class, needs_upstream
 from emocli.encoders.alexnet import MIN_FRAMES, ModifiedAlexNet
 from emocli.encoders.text import POOLINGS, TextEncoder
 from emocli.errors import ConfigError
@@ -76,9 +76,9 @@ class ModelConfig:
             raise ConfigError(f"text pooling {self.text_pooling!r} is not one of {', '.join(POOLINGS)}")
         if not isinstance(self.audio_encoder, str) or not isinstance(self.audio_upstream, dict):
             raise ConfigError("audio_encoder must be a name and audio_upstream a JSON object")
-        if (self.audio_encoder == "frames") != bool(self.audio_upstream):
-            raise ConfigError("the 'frames' audio encoder needs audio_upstream (the pretrained encoder that made "
-                              "them), and only it does")
+        if needs_upstream(self.audio_encoder) != bool(self.audio_upstream):
+            raise ConfigError(f"the {self.audio_encoder!r} audio encoder {'needs' if not self.audio_upstream else 'takes no'} "
+                              f"audio_upstream (the pretrained encoder it is built around)")
         if self.audio_upstream:
             for key in ("n_layers", "hidden_size"):
                 value = self.audio_upstream.get(key)
@@ -105,7 +105,7 @@ class ModelConfig:
 
     @property
     def audio_feature(self) -> str:
-        """What the audio branch reads from a batch: "logmel" or "frames" (emocli.encoders.branch)."""
+        """What the audio branch reads from a batch: "logmel", "frames" or "waveform" (emocli.encoders.branch)."""
         return audio_encoder_class(self.audio_encoder).feature if self.uses_audio else ""
 
     @property
@@ -136,9 +136,10 @@ class EmotionOutput:
 class EmotionModel(nn.Module):
     """Audio and/or text -> encoders -> fusion -> MLP -> (B, C) logits, with the loss when labels are given."""
 
-    def __init__(self, config: ModelConfig, text_encoder: TextEncoder | None = None):
-        """`text_encoder` defaults to the pretrained `config.text_model`; pass `TextEncoder.from_config(...)`
-        to rebuild a saved model whose weights come from its own state dict."""
+    def __init__(self, config: ModelConfig, text_encoder: TextEncoder | None = None, audio_encoder=None):
+        """`text_encoder` defaults to the pretrained `config.text_model`, `audio_encoder` to the branch
+        `config.audio_encoder` names; pass `TextEncoder.from_config(...)` and the branch's `for_saved(config)` to
+        rebuild a saved model whose weights come from its own state dict."""
         super().__init__()
         self.config = config
         self.audio = self.text = None
@@ -146,7 +147,7 @@ class EmotionModel(nn.Module):
         # weights it gave before encoders and fusions became modules (tests/test_paper_pinned.py).
         audio_width = text_width = 0  # what the fusion reads of each view
         if config.uses_audio:
-            self.audio = audio_encoder_class(config.audio_encoder).from_config(config)
+            self.audio = audio_encoder or audio_encoder_class(config.audio_encoder).from_config(config)
             audio_width = self.audio.seq_features if config.text_sequences else self.audio.out_features
         if config.uses_text:
             self.text = text_encoder or TextEncoder.from_pretrained(config.text_model, config.text_pooling)

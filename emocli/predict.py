@@ -195,8 +195,9 @@ class Predictor:
 
     def __init__(self, model: "EmotionModel", config: "RunConfig", tokenizer: object | None, device: "torch.device",
                  upstream: "Embedder | None" = None):
-        """`tokenizer`: the run's own copy, None for an audio-only model; `upstream`: the frozen pretrained encoder
-        of a frames model, with the weights its run was trained on."""
+        """`tokenizer`: the run's own copy, None for an audio-only model; `upstream`: what makes the audio branch's
+        features when they are not the log-mel (a frozen pretrained encoder with the run's weights, or the
+        waveform for a fine-tuned one)."""
         self.model, self.config, self.tokenizer, self.device = model, config, tokenizer, device
         self.upstream = upstream
 
@@ -209,12 +210,10 @@ class Predictor:
 
         torch_device = resolve_device(device)
         model, config, tokenizer = load_model(Path(run_dir), fold, str(torch_device))
-        upstream = None
-        if config.model.audio_feature == "frames":
-            from emocli.encoders import load_upstream
-            from emocli.encoders.base import EmbedderInfo
+        from emocli.encoders import feature_source, load_upstream
 
-            upstream = load_upstream(EmbedderInfo.from_json(config.model.audio_upstream), device=torch_device.type)
+        source = feature_source(config.model)
+        upstream = load_upstream(source, device=torch_device.type) if source is not None else None
         # Conv weights in NHWC: oneDNN's convolutions are 25 % faster in that layout on CPU, and the CNN is three
         # quarters of a prediction's time. Same weights, results equal up to float summation order.
         model.to(memory_format=torch.channels_last)
@@ -258,6 +257,9 @@ class Predictor:
             # Batches of similar lengths: a batch is padded to its longest item, so mixing a 1 s and a 15 s file
             # costs the 1 s one a 15 s forward pass. Results still come out in input order.
             ready.sort(key=lambda i: len(feats[i]))
+        from emocli.batch import inference_batch_size
+
+        batch_size = inference_batch_size(self.model, batch_size)
         for start in range(0, len(ready), batch_size):
             batch = ready[start:start + batch_size]
             outputs = self._run_batch([items[i] for i in batch], [feats[i] for i in batch])

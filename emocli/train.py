@@ -54,6 +54,7 @@ class TrainConfig:
     step_size: int = 30  # StepLR epochs, as the paper
     gamma: float = 0.1
     class_weighted: bool = False  # inverse-frequency class weights in the loss; off, as the paper
+    audio_lr: float = 0.0  # --finetune-audio: the pretrained speech encoder's own rate (0: the same as lr)
     weight_decay: float = 0.0  # Adam's L2 penalty; 0, as the paper (a small head on few utterances may want it)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -84,6 +85,7 @@ class TrainConfig:
             (self.step_size >= 1, f"step_size must be at least 1, not {self.step_size}"),
             (self.gamma > 0, f"gamma must be positive, not {self.gamma}"),
             (self.weight_decay >= 0, f"weight_decay must be non-negative, not {self.weight_decay}"),
+            (self.audio_lr >= 0, f"audio_lr must be non-negative, not {self.audio_lr}"),
             (self.seed >= 0, f"seed must be non-negative, not {self.seed}"),
             (self.device in ("auto", "cpu", "cuda"), f"device {self.device!r} is not one of auto, cpu, cuda"),
             (self.precision in ("auto", "fp32", "bf16"),
@@ -270,7 +272,7 @@ def _model_inputs(data, model_config, stage, device) -> "ModelInputs":  # noqa: 
     audio = None
     if model_config.audio_feature == "logmel":
         audio = Ragged.from_arrays(data.spec, data.spec_offsets)
-    elif model_config.audio_feature == "frames":
+    elif model_config.audio_feature in ("frames", "waveform"):
         audio = Ragged.from_arrays(stage.values, stage.offsets)
     text = model_config.uses_text
     present = np.array([bool(t.strip()) for t in data.texts], dtype=bool)
@@ -334,12 +336,14 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
                                   tokenizer=inputs.tokenizer,
                                   cache_fingerprint=data.meta.fingerprint, folds=tuple(s.name for s in splits))
     dist_ = _setup(train_config)
-    stage = None
-    if model_config.audio_feature == "frames":  # the frozen upstream's states: computed once, then read back
+    from emocli.encoders import feature_source
+
+    stage, source = None, feature_source(model_config)
+    if source is not None:  # a frozen upstream's states, or the waveform: computed once, then read back
         from emocli.embed import ensure_stage
 
-        stage = ensure_stage(cache_path, model_config.audio_upstream, device=dist_.device.type,
-                             rank=dist_.rank, world=dist_.world, barrier=lambda: _barrier(dist_))
+        stage = ensure_stage(cache_path, source, data, device=dist_.device.type, rank=dist_.rank,
+                             world=dist_.world, barrier=lambda: _barrier(dist_))
     deterministic = torch.are_deterministic_algorithms_enabled()
     held = contextlib.ExitStack()
     try:
@@ -428,7 +432,7 @@ def _train_fold(run, split: Split, data, stage, corpus, model_config, train_conf
         if corpus.text_embeds is None:  # the same pretrained encoder in every fold: once per run
             corpus.text_embeds = _text_embeddings(model, corpus, dist_)
 
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=train_config.lr,
+    optimizer = torch.optim.Adam(_parameter_groups(model, train_config), lr=train_config.lr,
                                  weight_decay=train_config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=train_config.step_size, gamma=train_config.gamma)
     state = _FoldState()
@@ -443,7 +447,8 @@ def _train_fold(run, split: Split, data, stage, corpus, model_config, train_conf
 
         # A trainable HF encoder has parameters the forward never uses (BERT's pooler): DDP must look for them.
         net = DistributedDataParallel(model, device_ids=[dist_.device.index] if dist_.device.type == "cuda" else None,
-                                      find_unused_parameters=model_config.uses_text and not freeze)
+                                      find_unused_parameters=(model_config.uses_text and not freeze)
+                                      or model_config.audio_feature == "waveform")
     writer = None
     if dist_.main:
         # A kill may land between the checkpoint and the logs: rewrite both logs from the checkpoint's history.
@@ -546,6 +551,17 @@ def _finish_fold(fold, split: Split, data, corpus, model, freeze: bool, state: _
     return result
 
 
+def _parameter_groups(model, train_config: TrainConfig):
+    """All trainable parameters at `lr`; a fine-tuned speech encoder's at `audio_lr` when one is set (one group
+    otherwise: the paper's optimizer, unchanged)."""
+    encoder = getattr(model.audio, "encoder_parameters", None)
+    if encoder is None or not train_config.audio_lr:
+        return model.trainable_parameters()
+    mine = {id(p) for p in encoder()}
+    return [{"params": [p for p in model.trainable_parameters() if id(p) not in mine]},
+            {"params": [p for p in model.trainable_parameters() if id(p) in mine], "lr": train_config.audio_lr}]
+
+
 def _class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Inverse frequency, normalised so a balanced corpus gets weight 1 everywhere."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
@@ -577,9 +593,11 @@ def _predict(model, corpus, indices: np.ndarray, batch_size: int, autocast) -> t
     """(probabilities (n, C) float32, mean loss) of `indices` in order, in eval mode."""
     import torch
 
+    from emocli.batch import inference_batch_size
+
     model.eval()
     probs, loss_sum = [], 0.0
-    step = batch_size * _EVAL_BATCH_FACTOR
+    step = inference_batch_size(model, batch_size * _EVAL_BATCH_FACTOR)
     with torch.no_grad():
         for start in range(0, len(indices), step):
             kwargs, labels = corpus.batch(indices[start:start + step], next(model.parameters()).device)

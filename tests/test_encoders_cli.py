@@ -204,3 +204,62 @@ def test_a_run_refuses_whisper_weights_that_changed(prepared, corpus, tmp_path):
     out = tmp_path / "p.csv"
     assert_one_line_error(invoke("predict", run, wav_folder(corpus, tmp_path, 2), "--output", out), "model.bin")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------- Hugging Face folders
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory) -> dict:
+    from test_encoder_hf_speech import _build
+
+    built = {}
+    for name in ("wav2vec2-stable", "wav2vec2-group"):  # padding exact (layer-norm CNN) and not (group norm)
+        built[name] = tmp_path_factory.mktemp(name)
+        _build(name, built[name])
+    return built
+
+
+def test_a_frozen_hugging_face_encoder_trains_with_a_weighted_sum_of_its_layers(prepared, hf_folders, tmp_path):
+    run = tmp_path / "run"
+    result = invoke("train", prepared, "--run", run, "--audio-encoder", hf_folders["wav2vec2-stable"], "--modality",
+                    "audio", *TRAIN, "--json")
+    assert result.exit_code == 0, result.output
+    upstream = json.loads((run / "config.json").read_text())["model"]["audio_upstream"]
+    assert upstream["kind"] == "hf" and upstream["n_layers"] == 3  # two layers and the CNN's output
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run / "folds/random-0/model.safetensors"))
+    assert weights["audio.layer_logits"].shape == (3,) and weights["audio.layer_logits"].abs().sum() > 0  # learned
+
+
+@pytest.mark.parametrize("name", ["wav2vec2-stable", "wav2vec2-group"])
+def test_finetune_audio_trains_the_encoder_and_predicts_what_one_by_one_predicts(name, prepared, hf_folders, corpus,
+                                                                                  tmp_path):
+    from safetensors.torch import load_file
+
+    from emocli.predict import Predictor, collect_inputs
+
+    run = tmp_path / "run"
+    result = invoke("train", prepared, "--run", run, "--audio-encoder", hf_folders[name], "--finetune-audio",
+                    "--audio-lr", "1e-3", "--modality", "audio", *TRAIN, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["model"]["audio_encoder"] == "finetune"
+    tuned = load_file(str(run / "folds/random-0/model.safetensors"))
+    before = load_file(str(hf_folders[name] / "model.safetensors"))
+    moved = [k for k in before if f"audio.encoder.model.{k}" in tuned
+             and not torch.equal(tuned[f"audio.encoder.model.{k}"], before[k])]
+    frozen_cnn = [k for k in before if k.startswith("feature_extractor.")]
+    assert moved and not set(moved) & set(frozen_cnn)  # the transformer moved, the CNN front end did not
+    # The run predicts by itself (architecture from the folder's config, weights from the run), batch-invariant.
+    predictor = Predictor.from_run(run, device="cpu")
+    items = collect_inputs(wav_folder(corpus, tmp_path, 5))
+    alone = [list(r.probs.values()) for i in items for r in predictor.predict([i], batch_size=1)]
+    batched = [list(r.probs.values()) for r in predictor.predict(items, batch_size=5)]
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+def test_finetune_audio_is_refused_for_ctranslate2_and_alexnet(prepared, tmp_path):
+    assert_one_line_error(invoke("train", prepared, "--run", tmp_path / "a", "--audio-encoder", "whisper",
+                                 "--finetune-audio"), "--finetune-audio", "CTranslate2")
+    assert_one_line_error(invoke("train", prepared, "--run", tmp_path / "b", "--finetune-audio"), "--finetune-audio")

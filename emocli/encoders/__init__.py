@@ -25,7 +25,9 @@ from emocli.errors import ConfigError, EncoderError
 AUDIO_ENCODERS: dict[str, object] = {
     "alexnet": "emocli.encoders.alexnet:ModifiedAlexNet",
     "frames": "emocli.encoders.frames:FrameEncoder",
+    "finetune": "emocli.encoders.finetune:FinetunedSpeechEncoder",
 }
+_NEEDS_UPSTREAM = ("frames", "finetune")  # branches built around a pretrained encoder named in audio_upstream
 DEFAULT_UPSTREAM = "whisper"  # Whisper tiny.en int8: measured as accurate as base on EmoDB at twice the speed
 
 
@@ -46,7 +48,24 @@ def audio_encoder_class(name: str) -> type:
 
 def is_branch_name(name: str) -> bool:
     """True for a trainable branch over the cache's own features (alexnet, or one registered from outside)."""
-    return name in AUDIO_ENCODERS and name != "frames"
+    return name in AUDIO_ENCODERS and name not in _NEEDS_UPSTREAM
+
+
+def needs_upstream(name: str) -> bool:
+    return name in _NEEDS_UPSTREAM
+
+
+def feature_source(model_config) -> EmbedderInfo | None:
+    """The stage that feeds the model's audio branch: the frozen upstream for "frames", the waveform for
+    "finetune"; None for a branch over the cache's log-mel (or no audio at all)."""
+    feature = model_config.audio_feature
+    if feature == "frames":
+        return EmbedderInfo.from_json(model_config.audio_upstream)
+    if feature == "waveform":
+        from emocli.encoders.waveform import WAVEFORM
+
+        return WAVEFORM
+    return None
 
 
 def resolve_upstream(name_or_dir: str, compute_type: str = "int8") -> EmbedderInfo:
@@ -93,6 +112,10 @@ def load_upstream(info: EmbedderInfo, device: str = "cpu", threads: int = 0) -> 
         from emocli.encoders import hf_speech
 
         return hf_speech.load_hf_speech(info, device=device)
+    if info.kind == "waveform":
+        from emocli.encoders.waveform import WaveformEmbedder
+
+        return WaveformEmbedder()
     raise EncoderError(f"unknown speech encoder kind {info.kind!r}; this run or stage was made by a newer emocli")
 
 
@@ -123,12 +146,21 @@ def _relocated(info: EmbedderInfo) -> EmbedderInfo:
 COMPUTE_TYPES = ("int8", "int8_float32", "float32", "float16", "int8_float16", "bfloat16")
 
 
-def audio_branch(name: str, compute_type: str = "int8") -> tuple[str, dict]:
-    """What `--audio-encoder NAME` means for ModelConfig: (audio_encoder, audio_upstream). A branch over the
-    cache's own log-mel (alexnet, or one registered) has no upstream; anything else is a pretrained encoder whose
-    frames a "frames" head reads."""
+def audio_branch(name: str, compute_type: str = "int8", finetune: bool = False) -> tuple[str, dict]:
+    """What `--audio-encoder NAME [--finetune-audio]` means for ModelConfig: (audio_encoder, audio_upstream). A
+    branch over the cache's own log-mel (alexnet, or one registered) has no upstream; anything else is a pretrained
+    encoder whose frozen frames a "frames" head reads, or, fine-tuned, which runs inside the model."""
     if compute_type not in COMPUTE_TYPES:
         raise ConfigError(f"compute type {compute_type!r} is not one of {', '.join(COMPUTE_TYPES)}")
     if is_branch_name(name):
+        if finetune:
+            raise ConfigError(f"--finetune-audio fine-tunes a pretrained speech encoder; {name} is trained from "
+                              f"scratch anyway — drop the flag, or name a Hugging Face encoder folder")
         return name, {}
-    return "frames", resolve_upstream(name, compute_type).to_json()
+    info = resolve_upstream(name, compute_type)
+    if not finetune:
+        return "frames", info.to_json()
+    if info.kind != "hf":
+        raise ConfigError(f"--finetune-audio needs a Hugging Face speech encoder folder (wav2vec2, HuBERT, WavLM, "
+                          f"Whisper); {name} runs in CTranslate2, which only infers — use it frozen, without the flag")
+    return "finetune", info.to_json()

@@ -6,9 +6,10 @@ from typing import ClassVar
 
 import torch
 
-FEATURE_KINDS = ("logmel", "frames")
+FEATURE_KINDS = ("logmel", "frames", "waveform")
 # logmel: the cache's own log-mel spectrogram, a batch of (B, T, n_mels) dB, 100 frames per second.
 # frames: a frozen upstream's hidden states from the embedding stage, a batch of (B, T, L, D): L layers of width D.
+# waveform: the 16 kHz audio from the waveform stage, a batch of (B, S, 1, 1), for end-to-end fine-tuning.
 
 
 class AudioEncoder(torch.nn.Module):
@@ -25,6 +26,17 @@ class AudioEncoder(torch.nn.Module):
     @classmethod
     def from_config(cls, config) -> "AudioEncoder":  # config: emocli.model.ModelConfig
         raise NotImplementedError
+
+    @classmethod
+    def for_saved(cls, config) -> "AudioEncoder":
+        """The branch to load a run's saved weights into (the same as `from_config` unless building it would load
+        pretrained weights that the state dict replaces anyway)."""
+        return cls.from_config(config)
+
+    @property
+    def padding_exact(self) -> bool:
+        """True when a padded batch gives each item exactly what it gets alone (see `encode`)."""
+        return True
 
     def encode(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (B, T, ...) as the batch builder gives it, lengths (B,) valid frames -> (B, S, seq_features)
