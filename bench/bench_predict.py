@@ -1,8 +1,9 @@
 """`emocli predict` speed: cold start (command to first result) and throughput over a folder, batch 1 vs default.
 
-Run: .venv/bin/python bench/bench_predict.py [--files 500] [--device cpu]
-It trains (once, 1 epoch, quality irrelevant) a run with the default model — all-MiniLM-L6-v2 trainable and
-ModifiedAlexNet at full width, fused — then times, each as a fresh `emocli predict` process:
+Run: .venv/bin/python bench/bench_predict.py [--files 500] [--device cpu] [--audio-encoders alexnet whisper ...]
+For each audio encoder it trains (once, 1 epoch, quality irrelevant) a fused run — all-MiniLM-L6-v2 trainable and
+ModifiedAlexNet at full width (alexnet, the baseline), or frozen MiniLM and a head over a packaged Whisper's
+frozen states — then times, each as a fresh `emocli predict` process:
   cold start  one wav with --text: from the command's start to its printed result (imports, model load, one
               forward pass)
   folder      a folder of N generated utterances with transcripts, --batch-size 1 and the default (32); the
@@ -37,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=500)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--audio-encoders", nargs="+", default=["alexnet"])
     parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench-predict")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "predict.json")
     args = parser.parse_args()
@@ -47,12 +49,15 @@ def main() -> None:
     train_corpus = work / "train-corpus"
     if not (train_corpus / "synth-truth.json").is_file():
         synthesize(train_corpus, SynthConfig(per_class=20, seed=11, mean_seconds=2.5))
-    run = work / "run-default"
-    if not (run / "summary.json").is_file():
-        subprocess.run(EMOCLI + ["prepare", str(train_corpus / "IEMOCAP_full_release.tar.gz"), "--cache",
-                                 str(work / "train.h5"), "--json"], check=True, capture_output=True, cwd=ROOT)
-        subprocess.run(EMOCLI + ["train", str(work / "train.h5"), "--run", str(run), "--epochs", "1", "--repeats", "1",
-                                 "--json"], check=True, capture_output=True, cwd=ROOT)
+    runs = {}
+    for encoder in args.audio_encoders:
+        run = runs[encoder] = work / ("run-default" if encoder == "alexnet" else f"run-{encoder}")
+        if not (run / "summary.json").is_file():
+            subprocess.run(EMOCLI + ["prepare", str(train_corpus / "IEMOCAP_full_release.tar.gz"), "--cache",
+                                     str(work / "train.h5"), "--json"], check=True, capture_output=True, cwd=ROOT)
+            extra = [] if encoder == "alexnet" else ["--audio-encoder", encoder, "--freeze-text"]
+            subprocess.run(EMOCLI + ["train", str(work / "train.h5"), "--run", str(run), "--epochs", "1",
+                                     "--repeats", "1", "--json", *extra], check=True, capture_output=True, cwd=ROOT)
     folder_corpus = work / "folder"
     if not (folder_corpus / "synth-truth.json").is_file():
         # per_class p gives 4p kept + a quarter more with dropped labels: 5p wavs in all
@@ -73,16 +78,20 @@ def main() -> None:
             writer.writerow([wav.stem, truth["texts"][wav.stem]])
     n = len(list(inputs.iterdir()))
     one = wavs[0]
-    cold = min(timed(EMOCLI + ["predict", str(run), str(one), "--text", truth["texts"][one.stem], "--device",
-                                args.device]) for _ in range(2))
-    rows = {"files": n, "cold_start_s": cold}
-    for batch in (1, 32):  # best of 2, as the cold start: this machine is shared and noisy
-        wall = min(timed(EMOCLI + ["predict", str(run), str(inputs), "--transcripts", str(work / "transcripts.csv"),
-                                   "--batch-size", str(batch), "--device", args.device, "--output",
-                                   str(work / f"preds-{batch}.jsonl"), "--show", "0"]) for _ in range(2))
-        rows[f"batch{batch}_wall_s"] = wall
-        rows[f"batch{batch}_utt_per_s"] = n / max(wall - cold, 1e-9)
-        rows[f"batch{batch}_utt_per_s_incl_start"] = n / wall
+    results = {}
+    for encoder, run in runs.items():
+        cold = min(timed(EMOCLI + ["predict", str(run), str(one), "--text", truth["texts"][one.stem], "--device",
+                                    args.device]) for _ in range(2))
+        rows = results[encoder] = {"files": n, "cold_start_s": cold}
+        for batch in (1, 32):  # best of 2, as the cold start: this machine is shared and noisy
+            wall = min(timed(EMOCLI + ["predict", str(run), str(inputs), "--transcripts",
+                                       str(work / "transcripts.csv"), "--batch-size", str(batch), "--device",
+                                       args.device, "--output", str(work / f"preds-{batch}.jsonl"), "--show", "0"])
+                       for _ in range(2))
+            rows[f"batch{batch}_wall_s"] = wall
+            rows[f"batch{batch}_utt_per_s"] = n / max(wall - cold, 1e-9)
+            rows[f"batch{batch}_utt_per_s_incl_start"] = n / wall
+    rows = results if len(results) > 1 else results[next(iter(results))]
     print(json.dumps(rows, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), **rows},
