@@ -263,3 +263,31 @@ def test_finetune_audio_is_refused_for_ctranslate2_and_alexnet(prepared, tmp_pat
     assert_one_line_error(invoke("train", prepared, "--run", tmp_path / "a", "--audio-encoder", "whisper",
                                  "--finetune-audio"), "--finetune-audio", "CTranslate2")
     assert_one_line_error(invoke("train", prepared, "--run", tmp_path / "b", "--finetune-audio"), "--finetune-audio")
+
+
+def test_torchrun_ranks_embed_their_shares_and_rank_0_merges_the_same_stage(prepared, tmp_path):
+    import subprocess
+    import sys
+
+    from emocli.embed import ensure_stage
+    from emocli.encoders import audio_branch
+
+    sharded, single = tmp_path / "sharded" / "cache.h5", tmp_path / "single" / "cache.h5"
+    for copy in (sharded, single):
+        copy.parent.mkdir()
+        shutil.copy(prepared, copy)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "emocli",
+               "train", str(sharded), "--run-dir", str(tmp_path / "ddp"), "--audio-encoder", "whisper",
+               "--modality", "audio", *TRAIN, "--json"]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=env, timeout=300)
+    if done.returncode != 0 and "Address already in use" in done.stderr:  # torchrun's own port race: once more
+        done = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, f"{done.stdout[-1000:]}\n{done.stderr[-3000:]}"
+    assert [p.name for p in stages(sharded)] and not list(sharded.parent.rglob("*.part*"))  # parts merged, removed
+    upstream = audio_branch("whisper")[1]
+    data = cache.read_cache(single)
+    merged, alone = ensure_stage(sharded, upstream, data), ensure_stage(single, upstream, data)
+    np.testing.assert_array_equal(merged.offsets, alone.offsets)
+    np.testing.assert_array_equal(merged.values, alone.values)
