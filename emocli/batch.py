@@ -20,6 +20,7 @@ from emocli.errors import ConfigError
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 _GPU_SHARE = 0.5  # keep the inputs on the GPU only if they take at most this share of its free memory
+_STATS_CHUNK_BYTES = 64 << 20
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,8 +161,9 @@ def frame_stats(values: np.ndarray, offsets: np.ndarray, indices: np.ndarray,
     frames = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in indices])
     flat = values.reshape(len(values), -1)
     total, sq = np.zeros(flat.shape[1]), np.zeros(flat.shape[1])
-    for start in range(0, len(frames), 1 << 16):  # chunked: the whole corpus in float64 would double memory
-        chunk = flat[frames[start:start + (1 << 16)]].astype(np.float64)  # (chunk, features)
+    step = max(1, _STATS_CHUNK_BYTES // (8 * flat.shape[1]))  # frames per float64 chunk of ~64 MB, any width
+    for start in range(0, len(frames), step):  # chunked: the whole corpus in float64 would be 4x its float16
+        chunk = flat[frames[start:start + step]].astype(np.float64)  # (chunk, features)
         total += chunk.sum(axis=0)
         sq += (chunk * chunk).sum(axis=0)
     n = float(len(frames))

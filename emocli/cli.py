@@ -230,6 +230,11 @@ def train(
     from emocli.train import train as run_training
 
     inputs = read_meta(cache_path).typed_inputs(cache_path)
+    if modality == "text" and (audio_encoder != "alexnet" or finetune_audio):
+        raise EmocliError("--audio-encoder and --finetune-audio choose the audio branch; a --modality text model has "
+                          "none — drop them, or train --modality both or audio")
+    if audio_lr and not finetune_audio:
+        raise EmocliError("--audio-lr is the fine-tuned speech encoder's learning rate; add --finetune-audio, or drop it")
     encoder, upstream = audio_branch(audio_encoder, compute_type, finetune_audio) if modality != "text" \
         else ("alexnet", {})
     model_config = ModelConfig(

@@ -27,9 +27,10 @@ _GROUP = 16  # files handed to the encoder at once (its embed_many spreads them 
 _PREFETCH = 2  # groups decoded ahead of the encoder, in a thread: decoding and encoding overlap
 
 
-def stage_fingerprint(cache_fingerprint: str, info: EmbedderInfo) -> str:
+def stage_fingerprint(cache_fingerprint: str, info: EmbedderInfo, device: str = "cpu") -> str:
+    """The cache, the encoder's identity and the device kind (int8 kernels differ between CPU and CUDA)."""
     payload = json.dumps({"stage_version": cache.STAGE_VERSION, "cache": cache_fingerprint,
-                          "encoder": info.identity()}, sort_keys=True, default=str)
+                          "encoder": info.identity(), "device": device}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -60,19 +61,27 @@ def ensure_stage(cache_path: Path, upstream: dict | EmbedderInfo, data: "cache.C
                  device: str = "cpu", rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
                  progress: ProgressCallback | None = None) -> cache.StageData:
     """The stage of `upstream` for the cache at `cache_path`, computed first when missing or stale."""
+    from emocli.encoders import upstream_device
+
     info = upstream if isinstance(upstream, EmbedderInfo) else EmbedderInfo.from_json(upstream)
+    device = upstream_device(info.kind, device)
     cache_path = Path(cache_path)
     data = data if data is not None else cache.read_cache(cache_path)
-    digest = stage_fingerprint(data.meta.fingerprint, info)
-    path = cache.stage_path(cache_path, Path(info.name).name, digest)
+    digest = stage_fingerprint(data.meta.fingerprint, info, device)
+    # Named by what the encoder is, not how the user spelt it: "whisper" and "tiny.en" share one stage.
+    path = cache.stage_path(cache_path, f"{info.kind}-{info.n_layers}x{info.hidden_size}", digest)
     if cache.read_stage_fingerprint(path) != digest:
-        if world > 1:
-            _compute_sharded(data, info, path, digest, device, rank, world, barrier or (lambda: None), progress)
-        else:
-            with cache.build_lock(path):
-                if cache.read_stage_fingerprint(path) != digest:  # another process may have made it meanwhile
-                    cache.remove_stale_temporaries(path)
-                    _compute(data, range(len(data)), info, path, digest, device, progress)
+        try:
+            if world > 1:
+                _compute_sharded(data, info, path, digest, device, rank, world, barrier or (lambda: None), progress)
+            else:
+                with cache.build_lock(path):
+                    if cache.read_stage_fingerprint(path) != digest:  # another process may have made it meanwhile
+                        cache.remove_stale_temporaries(path)
+                        _compute(data, range(len(data)), info, path, digest, device, progress)
+        except OSError as exc:  # a read-only cache folder, a file where the stage folder goes, a full disk
+            raise CacheError(f"cannot write the embedding stage beside the cache, at {path}: "
+                             f"{exc.strerror or exc}; make that folder writable (or copy the cache elsewhere)") from None
     stage = cache.read_stage(path, data.utt_ids)
     if stage.values.shape[1:] != (info.n_layers, info.hidden_size):
         raise EncoderError(f"the embedding stage {path} holds {stage.values.shape[1]} layers of {stage.values.shape[2]}, "

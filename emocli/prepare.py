@@ -61,7 +61,11 @@ def prepare(source: Path, cache_path: Path, config: PrepareConfig = PrepareConfi
     if config.audio_encoder:  # resolved first: a misspelt encoder fails before minutes of features
         from emocli.encoders import audio_branch
 
+        from emocli.encoders import upstream_device
+
         upstream = audio_branch(config.audio_encoder, config.compute_type)[1] or None
+        if upstream is not None:
+            upstream_device(upstream["kind"], config.device)  # a wrong --device fails now, not after the features
     started = time.perf_counter()
     result = _prepare_cache(source, cache_path, config, workdir, progress)
     if upstream is not None:

@@ -342,6 +342,8 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
     if source is not None:  # a frozen upstream's states, or the waveform: computed once, then read back
         from emocli.embed import ensure_stage
 
+        bundle.check_run(run_dir, run_config)  # a run dir that will be refused is refused before minutes of embedding
+
         stage = ensure_stage(cache_path, source, data, device=dist_.device.type, rank=dist_.rank,
                              world=dist_.world, barrier=lambda: _barrier(dist_))
     deterministic = torch.are_deterministic_algorithms_enabled()

@@ -96,7 +96,9 @@ def test_resolution_describes_layers_width_and_frame_rate(folders, name):
     assert (info.kind, info.n_layers, info.hidden_size, info.frame_rate_hz, info.sample_rate) == ("hf", 3, 32, 50.0, SR)
     model_type = json.loads((folders[name] / "config.json").read_text())["model_type"]
     assert model_type in SPEECH_MODEL_TYPES
-    assert info.settings == {"model_type": model_type, "normalize": ENCODERS[name][2]}
+    assert {k: info.settings[k] for k in ("model_type", "normalize")} == {"model_type": model_type,
+                                                                        "normalize": ENCODERS[name][2]}
+    assert set(info.settings) == {"model_type", "normalize", "config_sha256", "preprocessor_sha256"}
     assert info.weights_sha256 == hashlib.sha256((folders[name] / "model.safetensors").read_bytes()).hexdigest()
 
 
@@ -231,7 +233,19 @@ def test_config_changed_after_resolution_is_refused(folders, tmp_path):
     info = resolve_hf_speech(folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
-    with pytest.raises(EncoderError, match="its n_layers changed"):
+    with pytest.raises(EncoderError, match="n_layers"):
+        HFSpeechEncoder.from_folder(info)
+
+
+def test_an_architecture_edit_that_keeps_the_weights_shapes_is_refused_too(folders, tmp_path):
+    """Heads or activation change the numbers without changing a weight's shape: config.json is in the identity."""
+    folder = tmp_path / "model"
+    shutil.copytree(folders["hubert"], folder)
+    info = resolve_hf_speech(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    assert resolve_hf_speech(folder).identity() != info.identity()  # another stage, never the old one
+    with pytest.raises(EncoderError, match="settings changed"):
         HFSpeechEncoder.from_folder(info)
 
 

@@ -91,7 +91,8 @@ def invoke(*args) -> "object":
 
 
 def assert_one_line_error(result, *words: str) -> None:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # (the random protocol's caveat is a warning printed before any work, not part of the failure)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
     assert result.exit_code == 1, (result.stdout, result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error:"), lines
     assert all(w in lines[0] for w in words), lines
@@ -291,3 +292,21 @@ def test_torchrun_ranks_embed_their_shares_and_rank_0_merges_the_same_stage(prep
     merged, alone = ensure_stage(sharded, upstream, data), ensure_stage(single, upstream, data)
     np.testing.assert_array_equal(merged.offsets, alone.offsets)
     np.testing.assert_array_equal(merged.values, alone.values)
+
+
+def test_options_that_would_be_ignored_are_refused(prepared, tmp_path):
+    assert_one_line_error(invoke("train", prepared, "--run", tmp_path / "a", "--modality", "text", "--audio-encoder",
+                                 "whisper"), "--modality text")
+    assert_one_line_error(invoke("train", prepared, "--run", tmp_path / "b", "--audio-lr", "1e-5"), "--finetune-audio")
+
+
+def test_a_stage_that_cannot_be_written_is_one_line_and_the_cache_untouched(prepared, tmp_path):
+    copy = tmp_path / "cache.h5"
+    shutil.copy(prepared, copy)
+    copy.with_name(copy.name + cache.STAGES_SUFFIX).write_text("a file where the stage folder goes")
+    before = copy.read_bytes()
+    assert_one_line_error(invoke("prepare", prepared.parent / "nothing-here", "--cache", copy), "does not exist")
+    result = invoke("train", copy, "--run", tmp_path / "run", "--audio-encoder", "whisper", "--modality", "audio",
+                    *TRAIN)
+    assert_one_line_error(result, "embedding stage")
+    assert copy.read_bytes() == before and not (tmp_path / "run").exists()

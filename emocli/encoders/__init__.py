@@ -100,10 +100,7 @@ def _hf_model_type(folder: Path) -> str | None:
 def load_upstream(info: EmbedderInfo, device: str = "cpu", threads: int = 0) -> Embedder:
     """The encoder of `info`, its weights checked against the checksum the stage or run recorded. `device` auto:
     CUDA where the encoder's runtime sees a GPU."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device {device!r} is not one of auto, cpu, cuda")
-    if device == "auto":
-        device = "cuda" if _cuda_visible(info.kind) else "cpu"
+    device = upstream_device(info.kind, device)
     if info.kind == "whisper-ct2":
         from emocli.encoders import whisper
 
@@ -117,6 +114,22 @@ def load_upstream(info: EmbedderInfo, device: str = "cpu", threads: int = 0) -> 
 
         return WaveformEmbedder()
     raise EncoderError(f"unknown speech encoder kind {info.kind!r}; this run or stage was made by a newer emocli")
+
+
+def upstream_device(kind: str, device: str) -> str:
+    """"cpu" or "cuda" for an encoder of `kind`: auto picks CUDA where its runtime sees a GPU; cuda without one
+    is refused in one line."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r} is not one of auto, cpu, cuda")
+    if kind == "waveform":
+        return "cpu"  # no computation: the audio itself
+    if device == "cpu":
+        return device
+    visible = _cuda_visible(kind)
+    if device == "cuda" and not visible:
+        raise ConfigError("--device cuda was asked for but no CUDA device is visible to the speech encoder; use "
+                          "--device cpu (or install the CUDA builds of torch / ctranslate2)")
+    return "cuda" if visible else "cpu"
 
 
 def _cuda_visible(kind: str) -> bool:

@@ -39,6 +39,16 @@ class EmbedderInfo:
 
     @classmethod
     def from_json(cls, data: dict) -> "EmbedderInfo":
+        """From a run's or stage's JSON, which is untrusted input: EncoderError unless it has exactly our fields."""
+        from dataclasses import fields
+
+        from emocli.errors import EncoderError
+
+        known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) - {"settings"} != known - {"settings"}:
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise EncoderError(f"the recorded speech encoder has fields {got}, expected {sorted(known)}: it was "
+                               f"written by another emocli version — retrain into a new --run")
         return cls(**data)
 
 

@@ -48,6 +48,11 @@ class FinetunedSpeechEncoder(AudioEncoder):
         except (OSError, ValueError) as exc:
             raise EncoderError(f"the fine-tuned encoder's architecture is read from {info.path}/config.json, which "
                                f"is unreadable ({exc}); put the encoder folder back where the run was trained") from None
+        from emocli.encoders.hf_speech import _json_digest
+
+        if _json_digest(hf_config) != info.settings.get("config_sha256"):
+            raise EncoderError(f"{info.path}/config.json changed since this run was trained (it defines the "
+                               f"fine-tuned encoder's architecture); restore it, or retrain")
         return cls(HFSpeechEncoder.from_config(hf_config, info.settings), FrameEncoder.from_config(config))
 
     @property

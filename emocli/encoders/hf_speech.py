@@ -87,7 +87,15 @@ def resolve_hf_speech(folder: str | Path) -> EmbedderInfo:
     n_layers, hidden, sample_rate, frame_rate, normalize = _describe(config, preprocessor, path)
     return EmbedderInfo(kind=KIND, name=str(folder), path=str(path), weights_sha256=weights_sha256(weights),
                         sample_rate=sample_rate, n_layers=n_layers, hidden_size=hidden, frame_rate_hz=frame_rate,
-                        settings={"model_type": model_type, "normalize": normalize})
+                        settings={"model_type": model_type, "normalize": normalize,
+                                  # The architecture is config.json: an edit that keeps the weights' shapes (heads,
+                                  # activation, eps) changes the numbers, so it changes the stage and is refused by
+                                  # a run made before it.
+                                  "config_sha256": _json_digest(config), "preprocessor_sha256": _json_digest(preprocessor)})
+
+
+def _json_digest(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _read_json(file: Path, required: bool, folder: Path) -> dict:

@@ -459,8 +459,10 @@ def load_whisper(info: EmbedderInfo, device: str = "cpu", threads: int = 0) -> W
     # faster that way than as one worker with 2 threads, whose small matrix products spend their time synchronising,
     # and that one fell to a fraction of its speed when other processes shared the cores.
     workers, per_worker = (threads, 1) if device == "cpu" else (1, threads)
+    # Under torchrun each rank embeds its share on its own GPU (LOCAL_RANK), as each trains on its own.
+    gpu = {"device_index": int(os.environ.get("LOCAL_RANK", "0"))} if device == "cuda" else {}
     model = _ctranslate2_whisper(folder, device=device, compute_type=compute_type, inter_threads=workers,
-                                 intra_threads=per_worker)
+                                 intra_threads=per_worker, **gpu)
     if model.n_mels != n_mels:
         raise EncoderError(f"{folder} takes {model.n_mels} mel bands but was resolved with {n_mels}; resolve it again")
     return WhisperEmbedder(info, model, workers)
