@@ -201,6 +201,8 @@ def train(
     compute_type: str = typer.Option("int8", "--compute-type", help=_COMPUTE_TYPE_HELP),
     audio_hidden: int = typer.Option(256, "--audio-hidden", min=1, help="Pretrained encoders: width of the head "
                                                                         "over their frames."),
+    audio_context: int = typer.Option(0, "--audio-context", min=0, max=8, help="Pretrained encoders: transformer "
+                                      "layers over their frames before pooling (0: none)."),
     finetune_audio: bool = typer.Option(False, "--finetune-audio", help="Fine-tune a Hugging Face speech encoder "
                                         "folder end to end (its CNN front end stays frozen); meant for a GPU."),
     audio_lr: float = typer.Option(0.0, "--audio-lr", min=0.0, help="With --finetune-audio: the encoder's own "
@@ -240,6 +242,7 @@ def train(
     model_config = ModelConfig(
         n_classes=len(inputs.label_set.classes), n_mels=inputs.features.n_mels, modality=modality,
         fusion=fusion, audio_encoder=encoder, audio_upstream=upstream, audio_hidden=audio_hidden,
+        audio_context=audio_context,
         audio_width=audio_width, text_model=text_model or inputs.tokenizer["name"],
         freeze_text=freeze_text, dropout=dropout, modality_dropout=modality_dropout if modality == "both" else 0.0)
     train_config = TrainConfig(protocol=protocol, repeats=repeats, epochs=epochs, batch_size=batch_size, lr=lr,

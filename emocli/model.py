@@ -45,7 +45,8 @@ class ModelConfig:
     audio_encoder: str = "alexnet"  # a name of emocli.encoders.AUDIO_ENCODERS: "alexnet" | "frames" | registered
     # For "frames": the frozen upstream that made them (EmbedderInfo.to_json()); empty for log-mel branches.
     audio_upstream: dict = field(default_factory=dict)
-    audio_hidden: int = 256  # "frames": the width frames are projected to before pooling
+    audio_hidden: int = 256  # "frames": the width of the head's output (and of its context layers)
+    audio_context: int = 0  # "frames": transformer layers over the frames before pooling (0: none)
     audio_width: float = 1.0  # ModifiedAlexNet channel/FC multiplier: 1.0 is AlexNet itself, 0.125 a CPU toy
     text_model: str = "all-MiniLM-L6-v2"  # a name or folder, resolved by emocli.text_model
     text_hidden: int = 384  # the encoder's hidden size; the trainer fills it from the encoder config
@@ -84,6 +85,12 @@ class ModelConfig:
                 value = self.audio_upstream.get(key)
                 if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SIZE:
                     raise ConfigError(f"audio_upstream {key}={value!r} must be a whole number from 1 to {_MAX_SIZE}")
+        if isinstance(self.audio_context, bool) or not isinstance(self.audio_context, int) \
+                or not 0 <= self.audio_context <= 8:
+            raise ConfigError(f"audio_context={self.audio_context!r} must be a whole number from 0 to 8")
+        if self.audio_context and self.audio_hidden % self.attention_heads:
+            raise ConfigError(f"audio_hidden {self.audio_hidden} must be a multiple of attention_heads "
+                              f"{self.attention_heads} for --audio-context")
         if self.fusion_hidden % self.attention_heads:
             raise ConfigError(f"fusion_hidden {self.fusion_hidden} must be a multiple of attention_heads "
                               f"{self.attention_heads}")

@@ -56,7 +56,7 @@ class FrameEncoder(AudioEncoder):
 
     feature = "frames"
 
-    def __init__(self, n_layers: int, width: int, hidden: int, dropout: float):
+    def __init__(self, n_layers: int, width: int, hidden: int, dropout: float, context: int = 0, heads: int = 4):
         super().__init__()
         if n_layers < 1 or width < 1:
             raise ConfigError(f"the audio frames must have at least one layer and one dimension, got {n_layers} "
@@ -66,6 +66,14 @@ class FrameEncoder(AudioEncoder):
         self.register_buffer("input_mean", torch.zeros(n_layers, width))
         self.register_buffer("input_std", torch.ones(n_layers, width))
         self.layer_logits = nn.Parameter(torch.zeros(n_layers))  # equal weights to start, as SUPERB
+        # Optional context: `context` transformer layers over the frames (projected to `hidden`) before pooling,
+        # so each frame is read in the light of its neighbours, as a fine-tuned encoder's top layers would.
+        self.context = None
+        if context:
+            self.context_in = nn.Linear(width, hidden)
+            layer = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout, batch_first=True, norm_first=False)
+            self.context = nn.TransformerEncoder(layer, context, enable_nested_tensor=False)
+            width = hidden
         self.pooling = AttentiveStatsPooling(width)
         # Utterance-level statistics of the pooled vectors over the training part: a frame's mean over time varies
         # far less between utterances than its spread, so unscaled they train slowly (a logistic regression on
@@ -78,13 +86,18 @@ class FrameEncoder(AudioEncoder):
     @classmethod
     def from_config(cls, config) -> "FrameEncoder":
         upstream = config.audio_upstream
-        return cls(int(upstream["n_layers"]), int(upstream["hidden_size"]), config.audio_hidden, config.dropout)
+        return cls(int(upstream["n_layers"]), int(upstream["hidden_size"]), config.audio_hidden, config.dropout,
+                   config.audio_context, config.attention_heads)
 
     def encode(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = torch.arange(audio.size(1), device=audio.device)[None, :] < lengths[:, None]  # (B, T)
         x = (audio.to(self.input_mean.dtype) - self.input_mean) / self.input_std  # (B, T, L, D)
         x = torch.where(mask[:, :, None, None], x, 0.0)  # padding may be NaN in a hand-made batch: never let it in
-        return torch.einsum("btld,l->btd", x, torch.softmax(self.layer_logits, dim=0)), mask  # (B, T, D), (B, T)
+        x = torch.einsum("btld,l->btd", x, torch.softmax(self.layer_logits, dim=0))  # (B, T, D)
+        if self.context is not None:
+            x = self.context(self.context_in(x), src_key_padding_mask=~mask)  # (B, T, A)
+            x = torch.where(mask[:, :, None], x, 0.0)
+        return x, mask
 
     def pool(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         pooled = (self.pooling(seq, mask) - self.pooled_mean) / self.pooled_std  # (B, 2D)
@@ -96,6 +109,8 @@ class FrameEncoder(AudioEncoder):
         from emocli.batch import frame_stats
 
         self.set_input_stats(*map(torch.from_numpy, frame_stats(values, offsets, indices, FRAME_STD_FLOOR)))
+        if self.context is not None:
+            return  # the pooled vectors come out of learned layers: no fixed statistics describe them
         mean = self.input_mean.cpu().numpy().astype(np.float64)
         std = self.input_std.cpu().numpy().astype(np.float64)
         pooled = []
