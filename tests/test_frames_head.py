@@ -48,7 +48,7 @@ def test_attentive_pooling_starts_as_mean_and_std():
         torch.testing.assert_close(out[b, 5:], seq[b, :n].std(0, unbiased=False), atol=1e-4, rtol=1e-4)
 
 
-def test_fit_inputs_standardises_frames_and_pooled_vectors_of_the_training_part():
+def test_fit_inputs_standardises_the_frames_of_the_training_part_only():
     rng = np.random.default_rng(0)
     lengths = [5, 9, 3, 12]
     values = (3.0 + 2.0 * rng.standard_normal((sum(lengths), 3, 12))).astype(np.float16)  # (F, L, D)
@@ -58,16 +58,6 @@ def test_fit_inputs_standardises_frames_and_pooled_vectors_of_the_training_part(
     train = np.concatenate([values[offsets[i]:offsets[i + 1]] for i in (0, 1, 3)]).astype(np.float64)
     np.testing.assert_allclose(head.input_mean.numpy(), train.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(head.input_std.numpy(), train.std(0), rtol=1e-4)
-    # After fitting, the training part's pooled vectors (uniform weights) are standardised: mean 0, std 1.
-    with torch.no_grad():
-        pooled = []
-        for i in (0, 1, 3):
-            x = torch.from_numpy(values[offsets[i]:offsets[i + 1]].astype(np.float32))[None]
-            seq, mask = head.encode(x, torch.tensor([lengths[i]]))
-            pooled.append((head.pooling(seq, mask) - head.pooled_mean) / head.pooled_std)
-    pooled = torch.cat(pooled)
-    torch.testing.assert_close(pooled.mean(0), torch.zeros(24), atol=1e-4, rtol=0)
-    torch.testing.assert_close(pooled.std(0, unbiased=False), torch.ones(24), atol=1e-3, rtol=1e-3)
 
 
 def test_layer_weights_start_equal_and_learn():

@@ -2,8 +2,9 @@
 
 The embedding stage stores L layers of D-wide frames per utterance; this module learns what to make of them:
 a softmax-weighted sum of the standardised layers (SUPERB's featurizer: which layer carries emotion differs per
-encoder), attentive statistics pooling (Okabe et al. 2018: a learned weight per frame, then the weighted mean and
-standard deviation, so emphatic frames can count more than silence), and a projection to A.
+encoder), a per-frame projection to A with layer norm (optionally transformer layers over the frames), attentive
+statistics pooling (Okabe et al. 2018: a learned weight per frame, then the weighted mean and standard deviation,
+so emphatic frames can count more than silence), and a projection.
 Names: B batch, T frames, L layers, D the upstream's width, A audio_hidden.
 """
 
@@ -51,8 +52,8 @@ class AttentiveStatsPooling(nn.Module):
 
 
 class FrameEncoder(AudioEncoder):
-    """Frozen upstream frames (B, T, L, D) -> the standardised, layer-weighted sequence (B, T, D); `pool` ->
-    attentive statistics (B, 2D) -> a projection to (B, A)."""
+    """Frozen upstream frames (B, T, L, D) -> a sequence (B, T, A); `pool` -> attentive statistics (B, 2A) ->
+    a projection to (B, A)."""
 
     feature = "frames"
 
@@ -66,22 +67,18 @@ class FrameEncoder(AudioEncoder):
         self.register_buffer("input_mean", torch.zeros(n_layers, width))
         self.register_buffer("input_std", torch.ones(n_layers, width))
         self.layer_logits = nn.Parameter(torch.zeros(n_layers))  # equal weights to start, as SUPERB
-        # Optional context: `context` transformer layers over the frames (projected to `hidden`) before pooling,
-        # so each frame is read in the light of its neighbours, as a fine-tuned encoder's top layers would.
+        # Each frame projected and layer-normalised before pooling: a per-frame reading that puts every frame on
+        # one scale. On EmoDB it lifted the audio-only head from UA 0.846 (pooling the standardised frames
+        # directly) to 0.885, the gain cross-modal attention had shown through its own projection and norm.
+        self.frame_proj = nn.Sequential(nn.Linear(width, hidden), nn.LayerNorm(hidden))
+        # Optional context: transformer layers over the projected frames, so each is read with its neighbours.
         self.context = None
         if context:
-            self.context_in = nn.Linear(width, hidden)
-            layer = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout, batch_first=True, norm_first=False)
+            layer = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout, batch_first=True)
             self.context = nn.TransformerEncoder(layer, context, enable_nested_tensor=False)
-            width = hidden
-        self.pooling = AttentiveStatsPooling(width)
-        # Utterance-level statistics of the pooled vectors over the training part: a frame's mean over time varies
-        # far less between utterances than its spread, so unscaled they train slowly (a logistic regression on
-        # frozen states standardises them too). Set by `fit_inputs`, saved with the weights.
-        self.register_buffer("pooled_mean", torch.zeros(self.pooling.out_features))
-        self.register_buffer("pooled_std", torch.ones(self.pooling.out_features))
+        self.pooling = AttentiveStatsPooling(hidden)
         self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.pooling.out_features, hidden), nn.GELU())
-        self.seq_features, self.out_features = width, hidden
+        self.seq_features, self.out_features = hidden, hidden
 
     @classmethod
     def from_config(cls, config) -> "FrameEncoder":
@@ -94,32 +91,19 @@ class FrameEncoder(AudioEncoder):
         x = (audio.to(self.input_mean.dtype) - self.input_mean) / self.input_std  # (B, T, L, D)
         x = torch.where(mask[:, :, None, None], x, 0.0)  # padding may be NaN in a hand-made batch: never let it in
         x = torch.einsum("btld,l->btd", x, torch.softmax(self.layer_logits, dim=0))  # (B, T, D)
+        x = self.frame_proj(x)  # (B, T, A)
         if self.context is not None:
-            x = self.context(self.context_in(x), src_key_padding_mask=~mask)  # (B, T, A)
-            x = torch.where(mask[:, :, None], x, 0.0)
-        return x, mask
+            x = self.context(x, src_key_padding_mask=~mask)  # (B, T, A)
+        return torch.where(mask[:, :, None], x, 0.0), mask
 
     def pool(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        pooled = (self.pooling(seq, mask) - self.pooled_mean) / self.pooled_std  # (B, 2D)
-        return self.project(pooled)  # (B, A)
+        return self.project(self.pooling(seq, mask))  # (B, A)
 
     def fit_inputs(self, values: np.ndarray, offsets: np.ndarray, indices: np.ndarray) -> None:
-        """Frame statistics per layer and dimension, then the pooled vectors' statistics at the start of training
-        (uniform frame and layer weights: plain mean and standard deviation), over the utterances `indices`."""
+        """Statistics per layer and dimension of the frames of the utterances `indices`."""
         from emocli.batch import frame_stats
 
         self.set_input_stats(*map(torch.from_numpy, frame_stats(values, offsets, indices, FRAME_STD_FLOOR)))
-        if self.context is not None:
-            return  # the pooled vectors come out of learned layers: no fixed statistics describe them
-        mean = self.input_mean.cpu().numpy().astype(np.float64)
-        std = self.input_std.cpu().numpy().astype(np.float64)
-        pooled = []
-        for i in indices:
-            x = ((values[offsets[i]:offsets[i + 1]].astype(np.float64) - mean) / std).mean(axis=1)  # (T, D)
-            pooled.append(np.concatenate([x.mean(axis=0), np.sqrt(np.maximum(x.var(axis=0), _VARIANCE_FLOOR))]))
-        pooled = np.stack(pooled)  # (n, 2D)
-        self.pooled_mean.copy_(torch.from_numpy(pooled.mean(axis=0)).float())
-        self.pooled_std.copy_(torch.from_numpy(np.maximum(pooled.std(axis=0), FRAME_STD_FLOOR)).float())
 
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         shape = (self.n_layers, self.width)
@@ -136,5 +120,5 @@ class FrameEncoder(AudioEncoder):
         return torch.softmax(self.layer_logits.detach().float(), dim=0).tolist()
 
     def flops(self, n_frames: int) -> int:
-        d = self.width
-        return n_frames * (2 * self.n_layers * d + 2 * d * _ATTENTION_HIDDEN) + 2 * 2 * d * self.out_features
+        d, a = self.width, self.seq_features
+        return n_frames * (2 * self.n_layers * d + 2 * d * a + 2 * a * _ATTENTION_HIDDEN) + 2 * 2 * a * a
