@@ -374,6 +374,10 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
         if dist_.owns_group:
             import torch.distributed as dist
 
+            # Every rank tears gloo down together: a rank that destroyed its group while rank 0 still wrote the
+            # summary was seen to abort at exit on a loaded machine ("terminate called without an active exception").
+            with contextlib.suppress(Exception):
+                dist.barrier()
             dist.destroy_process_group()
 
 
