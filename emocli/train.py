@@ -367,6 +367,10 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
                                protocol_warnings(train_config), resumed)
         if dist_.main:
             run.save_summary(summary.to_json())
+        # Every rank tears the group down together (success only: after an error a peer may be gone): a rank that
+        # destroyed its group while rank 0 still wrote the summary aborted at exit once on a loaded machine
+        # ("terminate called without an active exception").
+        _barrier(dist_)
         return summary
     finally:
         held.close()
@@ -374,10 +378,6 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
         if dist_.owns_group:
             import torch.distributed as dist
 
-            # Every rank tears gloo down together: a rank that destroyed its group while rank 0 still wrote the
-            # summary was seen to abort at exit on a loaded machine ("terminate called without an active exception").
-            with contextlib.suppress(Exception):
-                dist.barrier()
             dist.destroy_process_group()
 
 
