@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -16,12 +17,39 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def create_temporary(path: Path) -> Path:
+    """Create the temporary sibling of `path` ourselves, empty, with the mode `path` has (or a new file's):
+    O_EXCL and O_NOFOLLOW, so a file or symlink planted under that name is never written through; a leftover of
+    ours (same name, e.g. a reused pid) is removed first, which removes a planted link, never what it points to."""
+    tmp = temporary_name(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for attempt in range(2):
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            if attempt:
+                raise
+            tmp.unlink()
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)  # a chmod 600 file stays 600 when it is rewritten
+    finally:
+        os.close(fd)
+    return tmp
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
     try:
-        with open(tmp, "wb") as handle:
+        tmp = create_temporary(path)
+        with open(tmp, "wb") as handle:  # the fresh file just made ours (truncating it changes nothing)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

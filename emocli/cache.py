@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emocli.atomic import file_lock, fsync_dir, temporary_name
+from emocli.atomic import create_temporary, file_lock, fsync_dir
 from emocli.corpus.records import Utterance
 from emocli.errors import CacheError
 
@@ -128,6 +128,20 @@ def read_meta(path: Path) -> CacheMeta:
                          f"`emocli prepare`") from None
 
 
+def is_emocli_cache(path: Path) -> bool:
+    """True for an HDF5 file emocli wrote as a cache (of any format version): the only kind `prepare` replaces."""
+    import h5py
+
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89HDF\r\n\x1a\n":
+                return False
+        with h5py.File(path, "r") as h5:
+            return "emocli_cache" in h5.attrs
+    except Exception:
+        return False
+
+
 def _meta_from_attrs(attrs, path: Path) -> CacheMeta:
     version = int(attrs.get("format_version", -1))
     if "emocli_cache" not in attrs:
@@ -185,7 +199,7 @@ class CacheWriter:
         import h5py
 
         self.path = Path(path)
-        self.tmp_path = temporary_name(self.path)
+        self.tmp_path = create_temporary(self.path)  # ours, never a planted link; the target's mode
         self._h5 = h5py.File(self.tmp_path, "w")
         self._n_frames = 0
         self._offsets = [0]
@@ -346,7 +360,7 @@ class StageWriter:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = temporary_name(self.path)
+        self.tmp_path = create_temporary(self.path)  # ours, never a planted link; the target's mode
         self._h5 = h5py.File(self.tmp_path, "w")
         chunk_frames = max(1, (1 << 20) // (2 * int(np.prod(frame_shape))))  # ~1 MB chunks
         self._frames = self._h5.create_dataset("frames", shape=(0, *frame_shape), maxshape=(None, *frame_shape),

@@ -412,7 +412,7 @@ def predict(
     from emocli.predict import Failure, Predictor, check_output_path, collect_inputs, write_predictions
 
     if output is not None:
-        check_output_path(output)
+        check_output_path(output, [transcripts, source])
     items = collect_inputs(source, text, transcripts)
     predictions, failures = [], 0
     with parallel_map(len(items), chunksize=4) as feature_map:  # forked before torch loads the model

@@ -338,9 +338,38 @@ def _safe_features(job: tuple[Path, FeatureConfig]) -> np.ndarray | str:
 # --------------------------------------------------------------------------------------------- output
 
 
-def check_output_path(path: Path) -> None:
-    """Fail before any work when the output cannot be written."""
+_CSV_HEADER = "id,file,text,label,audio_only"
+_JSONL_KEYS = {"id", "file", "label", "audio_only"}
+
+
+def _is_our_output(path: Path) -> bool:
+    """True for an empty file or a predictions file emocli wrote (its CSV header, or its JSON lines' keys)."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(1 << 16).decode("utf-8-sig").strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not first:
+        return True
+    if first.startswith(_CSV_HEADER):
+        return True
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and _JSONL_KEYS <= set(record)
+
+
+def check_output_path(path: Path, inputs: Iterable[Path | None] = ()) -> None:
+    """Fail before any work when the output cannot be written, or would replace a file emocli did not write (a
+    transcripts table, an audio file, anyone's CSV): an output only ever replaces an earlier emocli output."""
     path = Path(path)
+    for source in inputs:
+        if source is not None and Path(source).exists() and path.exists() and os.path.samefile(source, path):
+            raise ConfigError(f"--output {path} is one of the command's inputs; write the predictions elsewhere")
+    if path.is_symlink() or (path.exists() and not path.is_dir() and not _is_our_output(path)):
+        raise ConfigError(f"--output {path} exists and is not a predictions file emocli wrote; emocli never "
+                          f"replaces other files — choose another name, or move that file away yourself")
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ConfigError(f"--output {path}: use a .csv or .jsonl file name")
     if path.is_dir():

@@ -97,6 +97,7 @@ def _prepare_cache(source: Path, cache_path: Path, config: PrepareConfig, workdi
     if hit is not None:
         return PrepareResult(cache_path, digest, True, hit.summary, [], time.perf_counter() - started)
 
+    _refuse_foreign_target(source, cache_path)
     with cache.build_lock(cache_path):
         hit = _cache_hit(cache_path, digest)  # another process may have built it while we waited
         if hit is not None:
@@ -152,6 +153,18 @@ def source_identity(source: Path, label_set: LabelSet | None = None) -> dict:
     listing = [(str(p)[prefix:], s.st_size, s.st_mtime_ns) for p in source_files(source) for s in [os.stat(p)]]
     return {"path": str(source), "files": len(listing),
             "listing_sha256": hashlib.sha256(json.dumps(sorted(listing)).encode()).hexdigest()}
+
+
+def _refuse_foreign_target(source: Path, cache_path: Path) -> None:
+    """`--cache` may only replace a cache emocli wrote: never the corpus itself (a typo away), a manifest, or any
+    other file that happens to be there."""
+    if not (cache_path.exists() or cache_path.is_symlink()):
+        return
+    if source.exists() and cache_path.exists() and os.path.samefile(source, cache_path):
+        raise CacheError(f"--cache {cache_path} is the corpus source itself; give the cache another file name")
+    if cache_path.is_symlink() or not cache_path.is_file() or not cache.is_emocli_cache(cache_path):
+        raise CacheError(f"--cache {cache_path} exists and is not an emocli cache; emocli never replaces other "
+                         f"files — choose another --cache path, or move that file away yourself")
 
 
 def _cache_hit(cache_path: Path, digest: str) -> cache.CacheMeta | None:

@@ -452,9 +452,10 @@ def test_bad_transcripts_file_is_refused(run, inputs, tmp_path, content, words):
     table = tmp_path / "t.csv"
     table.write_bytes(content)
     previous = tmp_path / "preds.csv"
-    previous.write_text("an earlier output\n")
+    earlier = "id,file,text,label,audio_only,p_ang\nx,x.wav,,ang,True,1.0\n"  # an earlier emocli output
+    previous.write_text(earlier)
     assert_refused(invoke(run, inputs, "--transcripts", table, "--output", previous), str(table), *words)
-    assert previous.read_text() == "an earlier output\n"  # untouched, not half-replaced
+    assert previous.read_text() == earlier  # untouched, not half-replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv", "t.csv"]
 
 

@@ -1,0 +1,78 @@
+"""Outputs never replace what emocli did not write (issue 13, items 1, 4 and 10): the source archive or a manifest
+given as --cache, a transcripts table given as --output, a symlink planted under a temporary's name; a rewritten
+file keeps its permissions."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from emocli import atomic, cache
+from emocli.synth import SynthConfig, synthesize
+from test_reliability_common import assert_refused, cli
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    truth = synthesize(tmp_path_factory.mktemp("synth"), SynthConfig(per_class=3, seed=5, mean_seconds=0.6))
+    return Path(truth.archive)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_prepare_never_replaces_its_own_source_or_a_foreign_file(archive, tiny_bert_dir, tmp_path):
+    before = digest(archive)
+    assert_refused(cli("prepare", archive, "--cache", archive, "--text-model", tiny_bert_dir), "corpus source itself")
+    assert digest(archive) == before
+    for name, content in (("notes.h5", b"my own notes"), ("manifest.csv", b"id,path,label\n")):
+        foreign = tmp_path / name
+        foreign.write_bytes(content)
+        assert_refused(cli("prepare", archive, "--cache", foreign, "--text-model", tiny_bert_dir),
+                       "not an emocli cache")
+        assert foreign.read_bytes() == content
+    # An emocli cache is replaced as before (here by the same content: a hit; another setting rebuilds it).
+    ours = tmp_path / "cache.h5"
+    assert cli("prepare", archive, "--cache", ours, "--text-model", tiny_bert_dir, "--json").exit_code == 0
+    assert cache.is_emocli_cache(ours)
+    assert cli("prepare", archive, "--cache", ours, "--text-model", tiny_bert_dir, "--n-mels", "64",
+               "--json").exit_code == 0
+
+
+def test_a_planted_symlink_under_the_temporary_name_is_not_written_through(tmp_path):
+    target, victim = tmp_path / "out.json", tmp_path / "victim.txt"
+    victim.write_text("precious")
+    os.symlink(victim, atomic.temporary_name(target))
+    atomic.write_bytes_atomic(target, b"{}")
+    assert victim.read_text() == "precious" and target.read_bytes() == b"{}" and not target.is_symlink()
+
+
+def test_a_rewritten_file_keeps_its_mode(tmp_path):
+    target = tmp_path / "private.json"
+    atomic.write_bytes_atomic(target, b"1")
+    target.chmod(0o600)
+    atomic.write_bytes_atomic(target, b"2")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600 and target.read_bytes() == b"2"
+
+
+def test_predict_output_never_replaces_its_transcripts_or_a_foreign_file(tmp_path):
+    from emocli.errors import ConfigError
+    from emocli.predict import check_output_path
+
+    table = tmp_path / "t.csv"
+    table.write_text("id,text\na,hello\n")
+    with pytest.raises(ConfigError, match="one of the command's inputs"):
+        check_output_path(table, [table])
+    other = tmp_path / "mine.csv"
+    other.write_text("name,score\nx,1\n")
+    with pytest.raises(ConfigError, match="not a predictions file emocli wrote"):
+        check_output_path(other)
+    ours = tmp_path / "p.jsonl"
+    ours.write_text('{"id": "a", "file": "a.wav", "text": null, "label": "ang", "audio_only": true}\n')
+    check_output_path(ours)  # an earlier emocli output may be replaced
+    assert table.read_text() == "id,text\na,hello\n" and other.read_text() == "name,score\nx,1\n"
