@@ -26,7 +26,10 @@ _PIPED_WIDTH = 120
 out = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH, markup=False)
 # A line break inside a file name, id or transcript would split one problem over several lines: escaped instead.
-_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+# Every control character but tab (C0, DEL, C1: escape sequences that clear a screen or write the clipboard) and
+# the Unicode line breaks are shown escaped, as Python writes them, never sent to the terminal as they are.
+_LINE_BREAKS = {c: repr(chr(c))[1:-1] for c in (*range(0x00, 0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0),
+                                                  0x2028, 0x2029)}
 
 
 def one_line(text: object) -> str:
@@ -442,7 +445,7 @@ def _print_predictions(predictions, classes, show: int) -> None:
     table.add_column("text")
     for p in predictions[:show]:
         shown = "(audio only)" if p.audio_only else (p.text if len(p.text) <= 40 else p.text[:39] + "…")
-        table.add_row(p.id, p.label, *[f"{p.probs[c]:.2f}" for c in classes], shown)
+        table.add_row(one_line(p.id), p.label, *[f"{p.probs[c]:.2f}" for c in classes], one_line(shown))
     if len(predictions) > show:
         table.caption = f"first {show} shown"
     out.print(table)

@@ -405,4 +405,13 @@ def _write_rows(handle: io.TextIOBase, predictions: list[Prediction], classes: t
     writer = csv.DictWriter(handle, fieldnames=fields)
     writer.writeheader()
     for p in predictions:
-        writer.writerow(p.to_json())
+        writer.writerow({k: _inert(v) for k, v in p.to_json().items()})
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(value):
+    """A text cell a spreadsheet would run as a formula gets a leading apostrophe (OWASP's CSV-injection advice);
+    numbers and booleans are written as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_STARTS) else value

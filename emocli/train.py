@@ -81,9 +81,9 @@ class TrainConfig:
             (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), not {self.val_fraction}"),
             (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, not {self.batch_size}"),
-            (self.lr > 0, f"lr must be positive, not {self.lr}"),
+            (0 < self.lr < float("inf"), f"lr must be a positive finite number, not {self.lr}"),
             (self.step_size >= 1, f"step_size must be at least 1, not {self.step_size}"),
-            (self.gamma > 0, f"gamma must be positive, not {self.gamma}"),
+            (0 < self.gamma < float("inf"), f"gamma must be a positive finite number, not {self.gamma}"),
             (self.weight_decay >= 0, f"weight_decay must be non-negative, not {self.weight_decay}"),
             (self.audio_lr >= 0, f"audio_lr must be non-negative, not {self.audio_lr}"),
             (self.seed >= 0, f"seed must be non-negative, not {self.seed}"),
@@ -533,6 +533,10 @@ def _train_epoch(net, optimizer, corpus, split: Split, train_config: TrainConfig
         seen += len(mine)
     # float() waits for the last step: the epoch's timing is honest.
     loss_sum, correct, seen = _all_sum([float(loss_sum), float(correct), seen], dist_)
+    if not np.isfinite(loss_sum):  # checked before this epoch's checkpoint: the last good one stays
+        raise ConfigError(f"training diverged in epoch {epoch} of fold {split.name}: the loss is {loss_sum}; lower "
+                          f"--lr (now {lr}), or check the cache for NaN or infinite features (rebuild it with "
+                          f"`emocli prepare`)")
     seconds = time.perf_counter() - started
     return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
             "utt_per_s": seen / max(seconds, 1e-9), "seconds": seconds}

@@ -76,3 +76,44 @@ def test_predict_output_never_replaces_its_transcripts_or_a_foreign_file(tmp_pat
     ours.write_text('{"id": "a", "file": "a.wav", "text": null, "label": "ang", "audio_only": true}\n')
     check_output_path(ours)  # an earlier emocli output may be replaced
     assert table.read_text() == "id,text\na,hello\n" and other.read_text() == "name,score\nx,1\n"
+
+
+# --------------------------------------------------------------------------------------------- items 7, 8, 9
+
+
+def test_training_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tiny_bert_dir, tmp_path):
+    import h5py
+    import numpy as np
+
+    from test_train import make_cache
+
+    path = make_cache(tmp_path / "cache.h5", tiny_bert_dir)
+    with h5py.File(path, "a") as h5:  # a hand-damaged cache: NaN features
+        h5["spec"][:100] = np.nan
+    result = cli("train", path, "--run", tmp_path / "run", "--modality", "audio", "--audio-width", "0.0625",
+                 "--epochs", "2", "--protocol", "loso", "--batch-size", "8", "--json")
+    assert_refused(result, "training diverged", "epoch 1 of fold loso-Ses02")
+    assert not list((tmp_path / "run").rglob("checkpoint.safetensors"))  # nothing from the diverged epoch
+    assert_refused(cli("train", path, "--run", tmp_path / "run2", "--lr", "inf"), "lr must be a positive finite")
+    assert_refused(cli("train", path, "--run", tmp_path / "run3", "--gamma", "inf"), "gamma must be a positive finite")
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_made_inert(tmp_path):
+    import csv
+
+    from emocli.predict import Prediction, write_predictions
+
+    out = tmp_path / "p.csv"
+    rows = [Prediction("=HYPERLINK(\"x\")", Path("+a.wav"), "-1 said @me", "ang", {"ang": 0.9, "hap": 0.1}, False)]
+    write_predictions(rows, ("ang", "hap"), out)
+    (row,) = csv.DictReader(out.open(newline=""))
+    assert row["id"] == "'=HYPERLINK(\"x\")" and row["file"] == "'+a.wav" and row["text"] == "'-1 said @me"
+    assert row["p_ang"] == "0.9" and row["label"] == "ang"
+
+
+def test_terminal_escapes_in_names_and_texts_are_shown_escaped():
+    from emocli.cli import one_line
+
+    shown = one_line("clear\x1b[2J and clipboard\x1b]52;c;ZXZpbA==\x07 C1\x9b31m tab\tkept")
+    assert "\x1b" not in shown and "\x07" not in shown and "\x9b" not in shown and "\\x1b[2J" in shown
+    assert "\t" in shown
