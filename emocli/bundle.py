@@ -94,6 +94,9 @@ class RunConfig:
                          emocli_version=str(data["emocli_version"]), format_version=int(version))
             if not all(isinstance(name, str) for name in config.folds + config.classes):
                 raise TypeError("fold and class names must be strings")  # they become paths and table keys
+            unsafe = [name for name in config.folds if fold_dirname(name) != name or name in (".", "..")]
+            if unsafe:  # a hand-edited "../../x" or "/etc" must never become a path outside the run
+                raise ValueError(f"fold name {unsafe[0]!r} is not one emocli makes (letters, digits, - _ .)")
             return config
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{where} is incomplete or damaged ({type(exc).__name__}: {exc}); "
@@ -314,7 +317,8 @@ def check_run(run_dir: Path, config: RunConfig) -> Run | None:
     run_dir = Path(run_dir)
     config_file = run_dir / "config.json"
     if not config_file.is_file():
-        if run_dir.is_dir() and any(p for p in run_dir.iterdir() if not p.name.startswith(".")):
+        if run_dir.is_dir() and any(p for p in run_dir.iterdir() if not p.name.startswith(".")
+                                    and not (p.name == "text_model" and _only_copied_text_files(p))):
             raise CheckpointError(f"{run_dir} exists and is not an emocli run (no config.json); use a new --run or "
                                   f"an empty folder")
         if run_dir.exists() and not run_dir.is_dir():
@@ -326,6 +330,13 @@ def check_run(run_dir: Path, config: RunConfig) -> Run | None:
         raise CheckpointError(f"run dir {run_dir} was made with different settings ({'; '.join(diff)}); use a new "
                               f"--run or delete it")
     return Run(run_dir, old)
+
+
+def _only_copied_text_files(folder: Path) -> bool:
+    """A run's text_model/ as `create_or_open_run` copies it before writing config.json: a creation interrupted
+    there (kill -9, full disk) left a folder that is an unfinished run of ours, not someone else's."""
+    allowed = {*TOKENIZER_FILES, "config.json"}
+    return folder.is_dir() and all(p.is_file() and (p.name in allowed or p.name.startswith(".")) for p in folder.iterdir())
 
 
 @contextlib.contextmanager

@@ -46,9 +46,9 @@ def handles_errors(command: Callable) -> Callable:
         except EmocliError as exc:
             err.print(f"[bold red]error:[/] {escape(one_line(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             err.print("interrupted; nothing already written was changed", highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug of ours: still one line, with a way to see the traceback
@@ -451,8 +451,35 @@ def _print_predictions(predictions, classes, show: int) -> None:
     out.print(table)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program stands so that every cleanup Ctrl-C gets runs for them too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated(signum)
+
+
 def main() -> None:
-    app()
+    import signal
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is signal.SIG_DFL:
+            signal.signal(getattr(signal, name), _terminate)
+    try:
+        app()
+    except SystemExit as done:
+        if done.code in (0, None) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # A torchrun rank whose work is done and written leaves without the interpreter's teardown: on a loaded
+            # machine gloo's threads were seen to abort it there ("terminate called without an active exception",
+            # exit -6) after everything had succeeded, failing the whole job.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        raise
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ set; an unchanged input is a cache hit that imports nothing heavy and returns in
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -82,7 +83,11 @@ def _prepare_cache(source: Path, cache_path: Path, config: PrepareConfig, workdi
     source, cache_path = Path(source), Path(cache_path)
     if not source.exists():
         raise CorpusError(f"{source} does not exist; pass an IEMOCAP_full_release archive or folder, or a manifest CSV")
+    if not math.isfinite(config.features.max_seconds):
+        raise CacheError(f"--max-seconds {config.features.max_seconds} must be a finite number of seconds")
     workdir = Path(workdir) if workdir else cache_path.parent / ".emocli-work"
+    _check_folder_can_exist(cache_path.parent, "--cache", cache_path)
+    _check_folder_can_exist(workdir, "--workdir", workdir)
     label_set = get_label_set(config.label_set)
     text_ref = resolve_text_model(config.text_model)
     inputs = {
@@ -153,6 +158,15 @@ def source_identity(source: Path, label_set: LabelSet | None = None) -> dict:
     listing = [(str(p)[prefix:], s.st_size, s.st_mtime_ns) for p in source_files(source) for s in [os.stat(p)]]
     return {"path": str(source), "files": len(listing),
             "listing_sha256": hashlib.sha256(json.dumps(sorted(listing)).encode()).hexdigest()}
+
+
+def _check_folder_can_exist(folder: Path, option: str, given: Path) -> None:
+    """One line, before any work, when `folder` cannot be a folder: it, or a folder above it, is a file."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise CacheError(f"{option} {given}: {part} is a file, not a folder; choose another path")
+            return
 
 
 def _refuse_foreign_target(source: Path, cache_path: Path) -> None:

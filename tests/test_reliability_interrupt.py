@@ -254,6 +254,29 @@ def test_ctrl_c_of_prepare_is_one_line_exit_130_and_cleans_up(corpus, driver, ti
     assert temporaries(tmp_path) == []
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_of_prepare_clean_up_as_ctrl_c_does(corpus, driver, tiny_bert_dir, older_cache, tmp_path,
+                                                                signum):
+    """A batch system's SIGTERM or a closed terminal's SIGHUP, to the main process: the temporary cache is removed,
+    one line, exit 128 + the signal (issue 13, item 16: they used to end the command silently, temporaries left)."""
+    target = tmp_path / "c.h5"
+    target.write_bytes(older_cache)
+    proc = spawn(driver, "commit", 1, *_args(corpus, target, tiny_bert_dir, 1), new_session=True)
+    try:
+        wait_stopped(proc)
+        os.kill(proc.pid, signum)
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signum and out == ""
+    assert lines(err) == ["interrupted; nothing already written was changed"], err
+    assert target.read_bytes() == older_cache
+    assert temporaries(tmp_path) == []
+
+
 def _sigint_disposition(_) -> bool:
     return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 

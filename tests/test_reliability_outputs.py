@@ -117,3 +117,53 @@ def test_terminal_escapes_in_names_and_texts_are_shown_escaped():
     shown = one_line("clear\x1b[2J and clipboard\x1b]52;c;ZXZpbA==\x07 C1\x9b31m tab\tkept")
     assert "\x1b" not in shown and "\x07" not in shown and "\x9b" not in shown and "\\x1b[2J" in shown
     assert "\t" in shown
+
+
+# --------------------------------------------------------------------------------------------- items 5, 15
+
+
+def test_a_first_train_interrupted_before_config_json_can_be_rerun(tiny_bert_dir, tmp_path):
+    """kill -9 between copying text_model/ and writing config.json left a folder the same command refused forever."""
+    from test_train import make_cache
+
+    path = make_cache(tmp_path / "cache.h5", tiny_bert_dir)
+    run = tmp_path / "run"
+    (run / "text_model").mkdir(parents=True)
+    for name in ("vocab.txt", "config.json"):
+        (run / "text_model" / name).write_bytes((tiny_bert_dir / name).read_bytes())
+    args = ("train", path, "--run", run, "--protocol", "loso", "--epochs", "1", "--audio-width", "0.0625",
+            "--freeze-text", "--json")
+    assert cli(*args).exit_code == 0
+    assert (run / "config.json").is_file()
+    # A folder holding anything else is still not taken over.
+    other = tmp_path / "other"
+    (other / "text_model").mkdir(parents=True)
+    (other / "text_model" / "my-thesis.tex").write_text("mine")
+    assert_refused(cli(*args[:3], other, *args[4:]), "is not an emocli run")
+
+
+def test_fold_names_in_a_run_config_never_become_paths_outside_the_run(tiny_bert_dir, tmp_path):
+    import json
+
+    from test_train import make_cache
+
+    path = make_cache(tmp_path / "cache.h5", tiny_bert_dir)
+    run = tmp_path / "run"
+    assert cli("train", path, "--run", run, "--protocol", "loso", "--epochs", "1", "--audio-width", "0.0625",
+               "--freeze-text", "--json").exit_code == 0
+    config = json.loads((run / "config.json").read_text())
+    for bad in ("../../outside", "/etc", ".."):
+        (run / "config.json").write_text(json.dumps({**config, "folds": [bad]}))
+        assert_refused(cli("eval", run), "is not one emocli makes")
+
+
+def test_impossible_paths_and_infinite_seconds_are_one_line_before_any_work(archive, tiny_bert_dir, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    common = ("--text-model", tiny_bert_dir)
+    assert_refused(cli("prepare", archive, "--cache", a_file / "c.h5", *common), "is a file, not a folder")
+    assert_refused(cli("prepare", archive, "--cache", tmp_path / "c.h5", "--workdir", a_file, *common),
+                   "is a file, not a folder")
+    assert_refused(cli("prepare", archive, "--cache", tmp_path / "c.h5", "--max-seconds", "inf", *common),
+                   "finite")
+    assert a_file.read_text() == "x" and not (tmp_path / "c.h5").exists()
