@@ -14,6 +14,7 @@ import io
 import json
 import os
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
@@ -46,6 +47,7 @@ class PredictItem:
     id: str  # the path relative to the input folder (or the file name for a single file)
     path: Path
     text: str | None  # None: no transcript, predict from audio alone
+    problem: str | None = None  # why this entry cannot be predicted (an unreadable folder, a broken transcript)
 
 
 @dataclass(frozen=True)
@@ -86,26 +88,41 @@ def collect_inputs(source: Path, text: str | None = None, transcripts: Path | No
         if text is not None:
             raise ConfigError("--text goes with a single file; for a folder put <name>.txt beside each wav or "
                               "pass --transcripts FILE")
-        root, files = source, _audio_files(source)
+        root, (files, unreadable) = source, _audio_files(source)
     else:
-        root, files = source.parent, [source]
+        root, files, unreadable = source.parent, [source], []
     if transcripts is not None:
         texts = _match_transcripts(read_transcripts(transcripts), files, root, transcripts)
     elif text is not None:
         texts = [_clean(text)]
     else:
         texts = [_sidecar_text(path) for path in files]
-    return [PredictItem(path.relative_to(root).as_posix(), path, t) for path, t in zip(files, texts)]
+    items = [PredictItem(path.relative_to(root).as_posix(), path, *(t if isinstance(t, tuple) else (t, None)))
+             for path, t in zip(files, texts)]
+    # A folder the walk could not enter is a failure of its own, said and counted, never silently missing.
+    return items + [PredictItem(folder.relative_to(root).as_posix() + "/", folder, None, f"cannot read this folder "
+                                f"({reason}); its recordings were not predicted") for folder, reason in unreadable]
 
 
-def _audio_files(folder: Path) -> list[Path]:
-    # Not `is_file()`: a broken link or an unreadable entry named *.wav must be reported, not silently skipped.
-    # `._*` are macOS AppleDouble shadows of real files, never audio.
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.is_dir()
-                   and not p.name.startswith("._"))
-    if not files:
+def _audio_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every audio file under `folder`, sorted, and the folders that could not be read (with the reason).
+
+    Not `is_file()`: a broken link or an unreadable entry named *.wav must be reported, not silently skipped.
+    `._*` are macOS AppleDouble shadows of real files, never audio."""
+    files: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
+
+    def failed(error: OSError) -> None:
+        unreadable.append((Path(error.filename), error.strerror or type(error).__name__))
+
+    for top, dirs, names in os.walk(folder, onerror=failed):
+        dirs.sort()
+        files.extend(Path(top, name) for name in names
+                     if Path(name).suffix.lower() in AUDIO_SUFFIXES and not name.startswith("._"))
+    files.sort()
+    if not files and not unreadable:
         raise CorpusError(f"{folder} holds no audio files ({', '.join(AUDIO_SUFFIXES)}), searched recursively")
-    return files
+    return files, sorted(unreadable)
 
 
 def _clean(text: str) -> str | None:
@@ -113,16 +130,18 @@ def _clean(text: str) -> str | None:
     return " ".join(text.split()) or None
 
 
-def _sidecar_text(audio: Path) -> str | None:
+def _sidecar_text(audio: Path) -> str | None | tuple[None, str]:
+    """The transcript beside `audio`, None without one, or (None, problem) for one that cannot be read: that file
+    fails, the rest of the folder goes on."""
     sidecar = audio.with_suffix(".txt")
     if not sidecar.is_file():
         return None
     try:
         return _clean(sidecar.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
-        raise CorpusError(f"{sidecar} is not UTF-8 text; re-save it as UTF-8") from None
+        return None, f"its transcript {sidecar.name} is not UTF-8 text; re-save it as UTF-8"
     except OSError as exc:
-        raise CorpusError(f"cannot read transcript {sidecar}: {exc.strerror or exc}") from None
+        return None, f"cannot read its transcript {sidecar.name}: {exc.strerror or exc}"
 
 
 def _match_transcripts(table: dict[str, str], files: list[Path], root: Path, where: Path) -> list[str | None]:
@@ -130,12 +149,13 @@ def _match_transcripts(table: dict[str, str], files: list[Path], root: Path, whe
     names: dict[str, list[int]] = {}  # id spelling -> files it can name: relative path, without suffix, stem
     for index, path in enumerate(files):
         rel = path.relative_to(root)
-        for key in {rel.as_posix(), rel.with_suffix("").as_posix(), path.stem}:
+        # NFC on both sides: macOS writes file names decomposed (NFD), a table typed elsewhere is composed.
+        for key in {unicodedata.normalize("NFC", k) for k in (rel.as_posix(), rel.with_suffix("").as_posix(), path.stem)}:
             names.setdefault(key, []).append(index)
     texts: list[str | None] = [None] * len(files)
     owner: dict[int, str] = {}
     for item_id, text in table.items():
-        matches = names.get(item_id, [])
+        matches = names.get(unicodedata.normalize("NFC", item_id), [])
         if not matches:
             raise CorpusError(f"{where}: id {item_id!r} matches no audio file under {root} (ids are file stems or "
                               f"paths relative to the input folder)")
@@ -244,6 +264,12 @@ class Predictor:
 
     def _predict_chunk(self, items: list[PredictItem], batch_size: int,
                        feature_map: FeatureMap) -> list[Prediction | Failure]:
+        failed = [Failure(item.id, item.path, item.problem) for item in items if item.problem]
+        if failed:  # an unreadable folder or transcript fails alone, before any audio is decoded
+            by_id = {f.id: f for f in failed}
+            rest = [item for item in items if not item.problem]
+            done = iter(self._predict_chunk(rest, batch_size, feature_map)) if rest else iter(())
+            return [by_id[item.id] if item.problem else next(done) for item in items]
         feats = self._chunk_features(items, feature_map)
         results: list[Prediction | Failure | None] = [None] * len(items)
         ready = []

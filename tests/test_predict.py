@@ -531,3 +531,52 @@ def test_predict_loads_neither_transformers_nor_dynamo(run, inputs):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --------------------------------------------------------------------------------------------- issue 13, item 11
+
+
+def test_a_broken_transcript_fails_its_file_alone_and_an_unreadable_folder_is_reported(run, inputs, tmp_path,
+                                                                                     monkeypatch):
+    import os as os_module
+
+    folder = Path(shutil.copytree(inputs, tmp_path / "in"))
+    wav = sorted((folder / "top").glob("*.wav"))[0]
+    wav.with_suffix(".txt").write_bytes(b"caf\xe9 latin-1")  # not UTF-8
+    real_walk = os_module.walk
+
+    def walk(top, onerror=None, **kwargs):  # as root, chmod cannot make a folder unreadable: the walk is told so
+        for entry in real_walk(top, onerror=onerror, **kwargs):
+            if Path(entry[0]).name == "er1":
+                onerror(PermissionError(13, "Permission denied", entry[0]))
+                entry[1][:] = []
+                continue
+            yield entry
+
+    monkeypatch.setattr("emocli.predict.os.walk", walk)
+    out = tmp_path / "p.jsonl"
+    result = invoke(run, folder, "--output", out)
+    assert result.exit_code == 1
+    rows = read_rows(out)
+    expected = {p.relative_to(folder).as_posix() for p in folder.rglob("*.wav") if "er1" not in p.parts} - {
+        wav.relative_to(folder).as_posix()}
+    assert set(rows) == expected  # every other file predicted
+    err = result.stderr
+    assert f"skipped top/{wav.name}" in err and "not UTF-8" in err
+    assert "skipped deep/er1/" in err and "Permission denied" in err
+
+
+def test_transcript_ids_match_file_names_in_either_unicode_form(run, tmp_path, inputs):
+    import unicodedata
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = sorted(inputs.rglob("*.wav"))[0]
+    nfd = unicodedata.normalize("NFD", "café")  # as macOS writes file names
+    shutil.copy(source, folder / f"{nfd}.wav")
+    table = tmp_path / "t.csv"
+    table.write_text(f"id,text\n{unicodedata.normalize('NFC', 'café')},I am so angry\n", encoding="utf-8")
+    out = tmp_path / "p.jsonl"
+    assert invoke(run, folder, "--transcripts", table, "--output", out).exit_code == 0
+    (row,) = read_rows(out).values()
+    assert row["text"] == "I am so angry" and row["audio_only"] is False

@@ -167,3 +167,31 @@ def test_impossible_paths_and_infinite_seconds_are_one_line_before_any_work(arch
     assert_refused(cli("prepare", archive, "--cache", tmp_path / "c.h5", "--max-seconds", "inf", *common),
                    "finite")
     assert a_file.read_text() == "x" and not (tmp_path / "c.h5").exists()
+
+
+# --------------------------------------------------------------------------------------------- item 6
+
+
+def test_a_utf16_emoevaluation_file_is_read_and_a_file_without_labels_is_counted(tmp_path):
+    from emocli.corpus.iemocap import decode_text, parse_emo_evaluation
+
+    text = ("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+            "[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]\n")
+    for codec in ("utf-16", "utf-16-be", "utf-32"):
+        data = text.encode(codec) if codec != "utf-16-be" else b"\xfe\xff" + text.encode(codec)
+        entries, problems = parse_emo_evaluation(decode_text(data), "x.txt")
+        assert [e.utt_id for e in entries] == ["Ses01F_impro01_F000"] and not problems, codec
+    assert decode_text("café".encode("utf-8")) == "café" and decode_text("café".encode("latin-1")) == "café"
+
+
+def test_every_label_file_that_yields_nothing_is_reported(tmp_path):
+    from emocli.corpus.iemocap import ReaderConfig, read_iemocap
+    from emocli.synth import SynthConfig, synthesize
+
+    truth = synthesize(tmp_path / "s", SynthConfig(per_class=2, seed=7, fmt="dir", mean_seconds=0.5))
+    root = Path(truth.archive)
+    label_files = sorted(p for p in root.glob("Session1/dialog/EmoEvaluation/*.txt") if not p.name.startswith("._"))
+    label_files[0].write_text("just some notes\n")
+    report = read_iemocap(root, ReaderConfig(), tmp_path / "work")
+    assert report.skipped["label file without labels"] == 1
+    assert any(label_files[0].name in p and "no label line" in p for p in report.problems)

@@ -40,6 +40,7 @@ _TAG_RE = re.compile(r"\[\w+\]")  # [LAUGHTER], [garbage], [BREATHING], ...
 _LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")  # line endings vary between copies (dos2unix in ESPnet)
 
 # Skip reasons: keys of ReadReport.skipped.
+EMPTY_LABEL_FILE = "label file without labels"
 MALFORMED_LABEL = "malformed label line"
 MALFORMED_ID = "malformed utterance id"
 DUPLICATE_ID = "duplicate id"
@@ -92,7 +93,15 @@ class _Transcript:
 
 
 def decode_text(data: bytes) -> str:
-    """UTF-8 (a BOM tolerated), else latin-1: junk lines of unknown encoding must not sink a whole file."""
+    """UTF-16 or UTF-32 when a BOM says so (an editor's "Unicode" save), UTF-8 (a BOM tolerated), else latin-1:
+    junk lines of unknown encoding must not sink a whole file."""
+    for bom, codec in ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
+                       (b"\xfe\xff", "utf-16")):
+        if data.startswith(bom):
+            try:
+                return data.decode(codec)
+            except UnicodeDecodeError:
+                break
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -281,6 +290,8 @@ class _Reader:
         entries, problems = parse_emo_evaluation(text, rel)
         for problem in problems:
             self.report.skip(MALFORMED_LABEL, problem)
+        if not entries and not problems:  # every file that yields nothing is said and counted
+            self.report.skip(EMPTY_LABEL_FILE, f"{rel}: no label line found (is it an EmoEvaluation file?); skipped")
         for entry in entries:
             utterance = self.accept(session, rel, entry)
             if utterance is not None:
