@@ -321,15 +321,18 @@ def evaluate(
     from emocli.evaluate import evaluate_on_cache, evaluate_run, save_report
 
     report = evaluate_on_cache(run_dir, cache_path, device=device) if cache_path else evaluate_run(run_dir)
-    written = save_report(report, run_dir)
+    # The scores are shown before the files are written: a read-only run folder still gives the user its report,
+    # then one line on why the files could not be saved.
     if as_json:
-        print(json.dumps(report.to_json()))
-        return
-    print_eval_report(report)
-    if report.unfinished:
-        err.print(f"[yellow]warning:[/] left out unfinished fold(s): {escape(', '.join(report.unfinished))}",
-                  markup=True, highlight=False)
-    out.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+        print(json.dumps(report.to_json()), flush=True)
+    else:
+        print_eval_report(report)
+        if report.unfinished:
+            err.print(f"[yellow]warning:[/] left out unfinished fold(s): {escape(', '.join(report.unfinished))}",
+                      markup=True, highlight=False)
+    written = save_report(report, run_dir)
+    if not as_json:
+        out.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
 
 
 def print_eval_report(report) -> None:

@@ -237,15 +237,17 @@ def report_paths(report: EvalReport, run_dir: Path) -> dict[str, Path]:
 def save_report(report: EvalReport, run_dir: Path) -> list[Path]:
     """Write the report's JSON, its mean confusion matrix and the run's training curves; the paths written."""
     paths = report_paths(report, run_dir)
-    write_bytes_atomic(paths["metrics"], (json.dumps(report.to_json(), indent=2) + "\n").encode())
-    write_bytes_atomic(paths["confusion"], _png(_confusion_figure(report)))
-    written = [paths["metrics"], paths["confusion"]]
+    # Everything is rendered first (the plots take most of the time) and written after, in one quick sequence:
+    # an interruption while rendering leaves the previous report whole, never new metrics beside old plots.
+    files = {paths["metrics"]: (json.dumps(report.to_json(), indent=2) + "\n").encode(),
+             paths["confusion"]: _png(_confusion_figure(report))}
     run = bundle.open_run(Path(run_dir))
     histories = {f.name: run.fold(f.name).read_metrics() for f in report.folds}
     if any(histories.values()):
-        write_bytes_atomic(paths["curves"], _png(_curves_figure(histories)))
-        written.append(paths["curves"])
-    return written
+        files[paths["curves"]] = _png(_curves_figure(histories))
+    for path, data in files.items():
+        write_bytes_atomic(path, data)
+    return list(files)
 
 
 def _png(figure) -> bytes:

@@ -195,3 +195,44 @@ def test_every_label_file_that_yields_nothing_is_reported(tmp_path):
     report = read_iemocap(root, ReaderConfig(), tmp_path / "work")
     assert report.skipped["label file without labels"] == 1
     assert any(label_files[0].name in p and "no label line" in p for p in report.problems)
+
+
+# --------------------------------------------------------------------------------------------- item 14
+
+
+@pytest.fixture
+def small_run(tiny_bert_dir, tmp_path) -> Path:
+    from test_train import make_cache
+
+    path = make_cache(tmp_path / "cache.h5", tiny_bert_dir)
+    assert cli("train", path, "--run", tmp_path / "run", "--protocol", "loso", "--epochs", "1", "--audio-width",
+               "0.0625", "--freeze-text", "--json").exit_code == 0
+    return tmp_path / "run"
+
+
+def test_eval_shows_its_report_even_when_the_run_folder_cannot_be_written(small_run, monkeypatch):
+    from emocli import evaluate
+    from emocli.errors import EmocliError
+
+    def read_only(path, data):
+        raise EmocliError(f"cannot write {path}: Read-only file system; the previous version, if any, is intact")
+
+    monkeypatch.setattr(evaluate, "write_bytes_atomic", read_only)
+    result = cli("eval", small_run)
+    assert result.exit_code == 1 and "mean ± std" in result.stdout  # the scores were shown
+    assert_refused(result, "Read-only file system")
+
+
+def test_eval_interrupted_while_plotting_leaves_the_previous_report_whole(small_run, monkeypatch):
+    from emocli import evaluate
+
+    assert cli("eval", small_run).exit_code == 0
+    before = {p.name: p.read_bytes() for p in small_run.glob("*.*") if p.suffix in (".json", ".png")}
+
+    def interrupted(figure):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "_png", interrupted)
+    result = cli("eval", small_run)
+    assert result.exit_code == 130
+    assert {p.name: p.read_bytes() for p in small_run.glob("*.*") if p.suffix in (".json", ".png")} == before
