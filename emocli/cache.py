@@ -167,9 +167,35 @@ def read_cache(path: Path) -> CacheData:
                              labels=h5["labels"][()], durations=h5["durations"][()], **strings)
     except Exception as exc:
         raise CacheError(f"{path} is damaged ({type(exc).__name__}: {exc}); rebuild it with `emocli prepare`") from None
-    if not (len(data.spec_offsets) == len(data) + 1 and data.spec_offsets[-1] == len(data.spec)):
-        raise CacheError(f"{path} is inconsistent (offsets do not match spectrograms); rebuild it with `emocli prepare`")
+    problem = _inconsistency(data)
+    if problem:
+        raise CacheError(f"{path} is inconsistent ({problem}); rebuild it with `emocli prepare`")
     return data
+
+
+def _inconsistency(data: CacheData) -> str | None:
+    """What makes a cache unusable, checked once when it is opened (a hand-edited or damaged file); None if fine."""
+    n = len(data)
+    offsets = data.spec_offsets
+    if not (len(offsets) == n + 1 and offsets[0] == 0 and offsets[-1] == len(data.spec)):
+        return "offsets do not match spectrograms"
+    if n and bool(np.any(np.diff(offsets) < 0)):
+        return "offsets go backwards"
+    n_mels = data.meta.inputs.get("feature_config", {}).get("n_mels")
+    if data.spec.ndim != 2 or (n_mels is not None and data.spec.shape[1] != n_mels):
+        return f"spectrograms are {data.spec.shape[1:]} wide, the settings say {n_mels} mel bands"
+    classes = data.meta.inputs.get("label_set", {}).get("classes", ())
+    if len(data.labels) != n or (n and not (data.labels.min() >= 0 and data.labels.max() < len(classes))):
+        return f"labels outside the {len(classes)} classes"
+    lengths = {len(x) for x in (data.input_ids, data.attention_mask, data.durations, data.speakers, data.sessions,
+                                data.texts, data.raw_labels, data.audio_paths)}
+    if lengths != {n} or data.input_ids.shape != data.attention_mask.shape:
+        return "columns of different lengths"
+    if data.input_ids.size and (data.input_ids.min() < 0 or not np.isin(data.attention_mask, (0, 1)).all()):
+        return "negative token ids or a mask other than 0/1"
+    if data.durations.size and not np.all(np.isfinite(data.durations)):
+        return "non-finite durations"
+    return None
 
 
 # --------------------------------------------------------------------------------------------- writing

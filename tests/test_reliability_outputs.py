@@ -236,3 +236,25 @@ def test_eval_interrupted_while_plotting_leaves_the_previous_report_whole(small_
     result = cli("eval", small_run)
     assert result.exit_code == 130
     assert {p.name: p.read_bytes() for p in small_run.glob("*.*") if p.suffix in (".json", ".png")} == before
+
+
+# --------------------------------------------------------------------------------------------- item 13: hand-edited caches
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda h5: h5["labels"].__setitem__(0, 7), "labels outside the 4 classes"),
+    (lambda h5: h5["labels"].__setitem__(0, -1), "labels outside the 4 classes"),
+    (lambda h5: h5["spec_offsets"].__setitem__(3, 10**9), "offsets"),
+    (lambda h5: h5["input_ids"].__setitem__((0, 0), -5), "negative token ids"),
+    (lambda h5: h5["attention_mask"].__setitem__((0, 0), 3), "mask other than 0/1"),
+], ids=["label-too-big", "label-negative", "offsets", "token-id", "mask"])
+def test_a_hand_edited_cache_is_one_line_for_train_and_eval(tiny_bert_dir, tmp_path, edit, words):
+    import h5py
+
+    from test_train import make_cache
+
+    path = make_cache(tmp_path / "cache.h5", tiny_bert_dir)
+    with h5py.File(path, "a") as h5:
+        edit(h5)
+    assert_refused(cli("train", path, "--run", tmp_path / "run", "--protocol", "loso", "--json"), words)
+    assert not (tmp_path / "run").exists()
