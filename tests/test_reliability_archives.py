@@ -232,3 +232,69 @@ def test_previous_cache_survives_a_hostile_archive(tmp_path, tiny_bert_dir):
                    "absolute path")
     assert cache_path.read_bytes() == before
     assert not [p for p in tree(tmp_path / "out") if ".tmp" in p]
+
+
+# --------------------------------------------------------------------------------------------- issue 13, items 2 and 3
+
+
+def test_a_sparse_member_is_refused_before_it_fills_the_disk(staged, tmp_path, tiny_bert_dir):
+    """GNU sparse: a few KB in the archive, gigabytes of zeros when unpacked (the issue's 3.98 GB reproducer)."""
+    import subprocess
+
+    wav = staged / ROOT_NAME / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F999.wav"
+    wav.parent.mkdir(parents=True, exist_ok=True)
+    with open(wav, "wb") as handle:
+        handle.truncate(1 << 30)  # 1 GiB of holes
+    try:
+        archive = tmp_path / "sparse.tar"
+        subprocess.run(["tar", "--sparse", "-cf", str(archive), "-C", str(staged), ROOT_NAME], check=True)
+    finally:
+        wav.unlink()
+    assert archive.stat().st_size < 50 << 20
+    _prepare_refuses(archive, tmp_path, tiny_bert_dir, "sparse file")
+
+
+def test_a_zip_of_zeros_is_stopped_at_the_expansion_bound(staged, tmp_path, tiny_bert_dir, monkeypatch):
+    from emocli.corpus import archive as archive_module
+
+    monkeypatch.setattr(archive_module, "MIN_EXPANSION_BYTES", 0)
+    bomb = tmp_path / "bomb.zip"
+    zeros = bytes(64 << 20)
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted((staged / ROOT_NAME).rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(staged).as_posix())
+        zf.writestr(f"{ROOT_NAME}/Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F998.wav", zeros)
+    assert bomb.stat().st_size < (64 << 20) // 20
+    _prepare_refuses(bomb, tmp_path, tiny_bert_dir, f"more than {archive_module.MAX_EXPANSION_RATIO}x")
+
+
+def test_unpacking_stops_in_one_line_before_the_disk_is_full(staged, tmp_path, tiny_bert_dir, monkeypatch):
+    from collections import namedtuple
+
+    from emocli.corpus import archive as archive_module
+
+    archive = make_tar(staged, tmp_path / "c.tar")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(archive_module.shutil, "disk_usage",
+                        lambda path: usage(1 << 40, 1 << 40, archive_module.FREE_SPACE_RESERVE_BYTES + 1000))
+    _prepare_refuses(archive, tmp_path, tiny_bert_dir, "free on the disk")
+
+
+def test_a_tar_of_many_members_is_streamed_in_flat_memory(tmp_path):
+    """1M empty members took prepare from 87 to 546 MB: tarfile kept a record of each. Now it keeps none."""
+    import tracemalloc
+
+    from emocli.corpus.archive import _extract_tar
+
+    archive = tmp_path / "many.tar"
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as tar:
+        for k in range(20_000):
+            tar.addfile(tarfile.TarInfo(f"{ROOT_NAME}/junk/{k}.bin"), io.BytesIO(b""))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    tracemalloc.start()
+    _extract_tar(archive, "tar", dest, None)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3 << 20, peak  # 20k records held would be ~9 MB

@@ -35,6 +35,11 @@ SESSION_NAMES = tuple(f"Session{n}" for n in range(1, 6))
 MAX_WANTED_MEMBER_BYTES = 2 * 1024**3
 # Larger than the whole 17.7 GB release, so no honest member (video, mocap) comes near it.
 MAX_ANY_MEMBER_BYTES = 32 * 1024**3
+# What may be unpacked in all: at most this many times the archive's own size (IEMOCAP's wanted members are a tenth
+# of its .tar.gz; a zip of zeros or a sparse tar claims thousands of times more), and never the last of the disk.
+MAX_EXPANSION_RATIO = 20
+MIN_EXPANSION_BYTES = 256 << 20  # tiny test archives may expand more than 20x
+FREE_SPACE_RESERVE_BYTES = 512 << 20
 # Bump when the member selection changes, so an older extraction is not served as a complete one.
 EXTRACT_VERSION = 1
 MARKER_NAME = ".emocli-extracted.json"
@@ -231,15 +236,40 @@ def is_wanted(parts: list[str]) -> bool:
             and parts[-1].endswith(".wav"))
 
 
-def _copy_member(src: BinaryIO, dest: Path, parts: list[str], name: str, archive: Path) -> None:
+class _ExpansionBudget:
+    """The bytes an archive may unpack to, in total: a ratio of its size, and the free space less a reserve."""
+
+    def __init__(self, archive: Path, dest: Path) -> None:
+        free = shutil.disk_usage(dest).free - FREE_SPACE_RESERVE_BYTES
+        by_ratio = max(MAX_EXPANSION_RATIO * archive.stat().st_size, MIN_EXPANSION_BYTES)
+        self.archive, self.limit, self.used = archive, min(by_ratio, free), 0
+        self.by_disk = free < by_ratio
+
+    def charge(self, n: int, name: str) -> None:
+        self.used += n
+        if self.used > self.limit:
+            why = (f"more than the {self.limit >> 20} MB free on the disk (less a reserve); free some space or pass "
+                   f"--workdir on a larger disk") if self.by_disk else (
+                   f"more than {MAX_EXPANSION_RATIO}x the archive's size; a real IEMOCAP archive expands far less — "
+                   f"this one is forged or not IEMOCAP")
+            raise ArchiveError(f"{self.archive} unpacks to {why} (stopped at member {name!r}); nothing was kept")
+
+
+def _copy_member(src: BinaryIO, dest: Path, parts: list[str], name: str, archive: Path,
+                 budget: _ExpansionBudget) -> None:
     target = dest.joinpath(*parts)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "wb") as out:
-            shutil.copyfileobj(src, out, _COPY_CHUNK)
+            while block := src.read(_COPY_CHUNK):
+                budget.charge(len(block), name)
+                out.write(block)
     except (FileExistsError, NotADirectoryError, IsADirectoryError):
         raise ArchiveError(f"{archive} holds member {name!r} that collides with another member; "
                            "the archive is corrupt, download it again") from None
+    except OSError as exc:  # a full disk, most often: the half-unpacked folder is removed by the caller
+        raise ArchiveError(f"cannot unpack {archive} into {dest}: {exc.strerror or exc}; free some space or pass "
+                           f"--workdir on a larger disk") from None
 
 
 # ---- tar ---------------------------------------------------------------------------------------------------
@@ -326,13 +356,18 @@ def _extract_tar(archive: Path, kind: str, dest: Path, progress: Progress | None
             inner = stack.enter_context(_gunzip(raw)) if kind == "tar.gz" else raw
             # Progress is reported from this thread, not from the one inflating, which only counts bytes.
             body = _TrackedStream(inner, lambda _: ticker.at(raw.position))
+            budget = _ExpansionBudget(archive, dest)
             with tarfile.open(fileobj=body, mode="r|", bufsize=_TAR_READ_SIZE) as tar:
                 for info in tar:
                     check_member(_tar_member(info), archive)
+                    if info.issparse():  # a few KB in the archive that claim gigabytes of zeros on disk
+                        raise ArchiveError(f"{archive} holds member {info.name!r}, a sparse file; refusing to unpack "
+                                           f"it; use the official IEMOCAP_full_release archive")
                     parts = member_parts(info.name)
                     if info.isreg() and is_wanted(parts):
-                        _copy_member(tar.extractfile(info), dest, parts, info.name, archive)
+                        _copy_member(tar.extractfile(info), dest, parts, info.name, archive, budget)
                         count += 1
+                    tar.members = []  # streamed: a member's record is not kept once it is unpacked
                 end = tar.offset
             # tarfile ends quietly on a missing or garbled header; only a zero block marks a complete archive.
             if body.block_at(end) != bytes(_TAR_BLOCK):
@@ -382,9 +417,10 @@ def _extract_zip(archive: Path, dest: Path, progress: Progress | None) -> int:
             for info in infos:
                 check_member(_zip_member(info), archive)
             wanted = [i for i in infos if not i.is_dir() and is_wanted(member_parts(i.filename))]
+            budget = _ExpansionBudget(archive, dest)
             for done, info in enumerate(wanted, 1):
                 with zf.open(info) as src:
-                    _copy_member(src, dest, member_parts(info.filename), info.filename, archive)
+                    _copy_member(src, dest, member_parts(info.filename), info.filename, archive, budget)
                 if progress:
                     progress(done, len(wanted))
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
