@@ -147,6 +147,29 @@ class ModelInputs:
         return kwargs, labels
 
 
+def audio_arrays(data, model_config, stage=None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(values (F, ...), offsets (N + 1,)) of what the model's audio branch reads of a cache: its log-mel, or the
+    embedding stage (`stage`) for a frozen upstream's frames or the waveform; None for a text-only model."""
+    feature = model_config.audio_feature
+    if feature == "logmel":
+        return data.spec, data.spec_offsets
+    if feature in ("frames", "waveform"):
+        return stage.values, stage.offsets
+    return None
+
+
+def inputs_from_cache(data, model_config, stage=None, labels: bool = True,
+                      device: torch.device = torch.device("cpu")) -> ModelInputs:
+    """A cache (and its stage) as the batch builder's inputs, for training and for scoring a cache alike: a blank
+    transcript counts as no transcript."""
+    arrays = audio_arrays(data, model_config, stage)
+    text = model_config.uses_text
+    present = np.array([bool(t.strip()) for t in data.texts], dtype=bool) if text else None
+    return ModelInputs.build(Ragged.from_arrays(*arrays) if arrays is not None else None,
+                             data.input_ids if text else None, data.attention_mask if text else None, present,
+                             data.labels if labels else None, device)
+
+
 def _fits_on(device: torch.device, audio: Ragged | None) -> bool:
     if audio is None:
         return True

@@ -169,20 +169,13 @@ def predict_cache(model, data: cache.CacheData, batch_size: int = 64, device="cp
     """
     import torch
 
-    from emocli.batch import ModelInputs, Ragged, inference_batch_size
+    from emocli.batch import inference_batch_size, inputs_from_cache
 
     config = model.config
     batch_size = inference_batch_size(model, batch_size)
-    audio = None
-    if config.audio_feature == "logmel":
-        audio = Ragged.from_arrays(data.spec, data.spec_offsets)
-    elif config.audio_feature in ("frames", "waveform"):
-        audio = Ragged.from_arrays(stage.values, stage.offsets)
-    present = np.array([bool(t.strip()) for t in data.texts], dtype=bool)  # a blank transcript is no transcript
-    text = config.uses_text
-    inputs = ModelInputs.build(audio, data.input_ids if text else None, data.attention_mask if text else None,
-                               present if text else None, None)
-    order = np.argsort(audio.host_lengths if audio is not None else inputs.host_text_widths, kind="stable")
+    inputs = inputs_from_cache(data, config, stage, labels=False)
+    lengths = inputs.audio.host_lengths if inputs.audio is not None else inputs.host_text_widths
+    order = np.argsort(lengths, kind="stable")
     probs = np.zeros((len(data), config.n_classes), dtype=np.float32)
     model.eval()
     with torch.inference_mode():

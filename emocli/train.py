@@ -265,21 +265,6 @@ def _set_rng_state(tensors: dict, state: dict, dist_: _Dist) -> None:
         torch.cuda.set_rng_state(tensors["rng.cuda"], dist_.device)
 
 
-def _model_inputs(data, model_config, stage, device) -> "ModelInputs":  # noqa: F821
-    """The cache (and the embedding stage, for a frames model) as the batch builder's inputs, on `device`."""
-    from emocli.batch import ModelInputs, Ragged
-
-    audio = None
-    if model_config.audio_feature == "logmel":
-        audio = Ragged.from_arrays(data.spec, data.spec_offsets)
-    elif model_config.audio_feature in ("frames", "waveform"):
-        audio = Ragged.from_arrays(stage.values, stage.offsets)
-    text = model_config.uses_text
-    present = np.array([bool(t.strip()) for t in data.texts], dtype=bool)
-    return ModelInputs.build(audio, data.input_ids if text else None, data.attention_mask if text else None,
-                             present if text else None, data.labels, device)
-
-
 def _batch_order(n: int, batch_size: int, seed: int, fold: int, epoch: int) -> list[np.ndarray]:
     """The epoch's batches of positions 0..n-1: a pure function of (seed, fold, epoch)."""
     order = np.random.default_rng([seed, fold, epoch]).permutation(n)
@@ -357,7 +342,9 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
                     fold.save_split({part: [data.utt_ids[i] for i in getattr(s, part)]
                                      for part in ("train", "val", "test")})
         torch.use_deterministic_algorithms(True, warn_only=True)
-        corpus = _model_inputs(data, model_config, stage, dist_.device)
+        from emocli.batch import inputs_from_cache
+
+        corpus = inputs_from_cache(data, model_config, stage, device=dist_.device)
         results, resumed = [], []
         for split in splits:
             results.append(_train_fold(run, split, data, stage, corpus, model_config, train_config, dist_,
@@ -427,8 +414,9 @@ def _train_fold(run, split: Split, data, stage, corpus, model_config, train_conf
     # the model, its input statistics, and the frozen text embeddings
     model = _build_model(model_config, split, train_config, dist_)
     if model_config.uses_audio:
-        values, offsets = (stage.values, stage.offsets) if stage is not None else (data.spec, data.spec_offsets)
-        model.audio.fit_inputs(values, offsets, split.train)
+        from emocli.batch import audio_arrays
+
+        model.audio.fit_inputs(*audio_arrays(data, model_config, stage), split.train)
     if train_config.class_weighted:  # a buffer of the model: saved with its weights, used by its loss
         model.set_class_weights(torch.from_numpy(_class_weights(data.labels[split.train], len(data.meta.classes))))
     freeze = bool(model_config.freeze_text) and model_config.uses_text

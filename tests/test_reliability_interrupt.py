@@ -229,6 +229,21 @@ def test_kill_9_when_the_temporary_cache_appears(corpus, tiny_bert_dir, referenc
     _rerun_matches_reference(corpus, tmp_path, tiny_bert_dir, reference)
 
 
+def _signal_stopped(driver, point: str, nth: int, args: list, send) -> tuple[int, str, str]:
+    """Run prepare to the kill point, `send(pid)` a signal while it is stopped there, resume it; its exit and output."""
+    proc = spawn(driver, point, nth, *args, new_session=True)
+    try:
+        wait_stopped(proc)
+        send(proc.pid)
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, out, err
+
+
 @pytest.mark.parametrize("point, nth, workers", [("unpack", 3, 1), ("commit", 1, 1), ("features-pool", 2, 2)],
                          ids=["unpack", "commit", "pool-workers"])
 def test_ctrl_c_of_prepare_is_one_line_exit_130_and_cleans_up(corpus, driver, tiny_bert_dir, older_cache, tmp_path,
@@ -238,17 +253,10 @@ def test_ctrl_c_of_prepare_is_one_line_exit_130_and_cleans_up(corpus, driver, ti
     and the user reads one line."""
     target = tmp_path / "c.h5"
     target.write_bytes(older_cache)
-    proc = spawn(driver, point, nth, *_args(corpus, target, tiny_bert_dir, workers), new_session=True)
-    try:
-        wait_stopped(proc)
-        os.killpg(proc.pid, signal.SIGINT)  # the main process takes it on resuming, inside the stopped call
-        os.kill(proc.pid, signal.SIGCONT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130 and out == ""
+    # SIGINT to the group: the main process takes it on resuming, inside the stopped call
+    returncode, out, err = _signal_stopped(driver, point, nth, _args(corpus, target, tiny_bert_dir, workers),
+                                           lambda pid: os.killpg(pid, signal.SIGINT))
+    assert returncode == 130 and out == ""
     assert lines(err) == ["interrupted; nothing already written was changed"], err
     assert target.read_bytes() == older_cache
     assert temporaries(tmp_path) == []
@@ -261,17 +269,9 @@ def test_sigterm_and_sighup_of_prepare_clean_up_as_ctrl_c_does(corpus, driver, t
     one line, exit 128 + the signal (issue 13, item 16: they used to end the command silently, temporaries left)."""
     target = tmp_path / "c.h5"
     target.write_bytes(older_cache)
-    proc = spawn(driver, "commit", 1, *_args(corpus, target, tiny_bert_dir, 1), new_session=True)
-    try:
-        wait_stopped(proc)
-        os.kill(proc.pid, signum)
-        os.kill(proc.pid, signal.SIGCONT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 128 + signum and out == ""
+    returncode, out, err = _signal_stopped(driver, "commit", 1, _args(corpus, target, tiny_bert_dir, 1),
+                                           lambda pid: os.kill(pid, signum))
+    assert returncode == 128 + signum and out == ""
     assert lines(err) == ["interrupted; nothing already written was changed"], err
     assert target.read_bytes() == older_cache
     assert temporaries(tmp_path) == []
