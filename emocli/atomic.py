@@ -78,12 +78,13 @@ class LockBusy(Exception):
 
 
 @contextlib.contextmanager
-def file_lock(lock_path: Path, wait: bool = True) -> Iterator[None]:
-    """An exclusive flock on `lock_path`: the OS drops it when its holder dies, kill -9 included."""
+def file_lock(lock_path: Path, wait: bool = True, shared: bool = False) -> Iterator[None]:
+    """An flock on `lock_path`, exclusive or shared: the OS drops it when its holder dies, kill -9 included."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     with open(lock_path, "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, mode if wait else mode | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockBusy(str(lock_path)) from None
         try:

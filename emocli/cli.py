@@ -107,6 +107,8 @@ def prepare(
     max_seconds: float = typer.Option(15.0, "--max-seconds", min=0.5, help="Longer audio is truncated."),
     workers: int = typer.Option(0, "--workers", min=0, help="Feature processes; 0 = one per core."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where archives are unpacked (default: beside the cache)."),
+    keep_audio: bool = typer.Option(False, "--keep-audio", help="Keep an archive's unpacked audio after the cache is "
+                                    "written (default: removed; prepare unpacks again when a new stage needs it)."),
     audio_encoder: Optional[str] = typer.Option(None, "--audio-encoder", help=_AUDIO_ENCODER_HELP + " Computes its "
                                                 "embedding stage now, while the audio is at hand (train would too)."),
     compute_type: str = typer.Option("int8", "--compute-type", help=_COMPUTE_TYPE_HELP),
@@ -123,7 +125,8 @@ def prepare(
         raise EmocliError(f"--tags {tags!r} is not one of keep, strip")
     config = PrepareConfig(text_model=text_model, label_set=labels, tags=tags, workers=workers,
                            features=FeatureConfig(n_mels=n_mels, max_seconds=max_seconds),
-                           audio_encoder=audio_encoder or "", compute_type=compute_type, device=device)
+                           audio_encoder=audio_encoder or "", compute_type=compute_type, device=device,
+                           keep_audio=keep_audio)
     if as_json:
         result = run_prepare(source, cache_path, config, workdir)
         print(json.dumps(result.to_json()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -57,6 +58,22 @@ def _time_major(hidden: np.ndarray) -> np.ndarray:
     return to_float16(np.ascontiguousarray(np.transpose(hidden, (1, 0, 2))))  # (L, T, D) -> (T, L, D)
 
 
+def stage_is_current(cache_path: Path, upstream: dict | EmbedderInfo, device: str = "cpu") -> bool:
+    """Whether the stage of `upstream` for this cache exists and is up to date (then no audio is needed)."""
+    from emocli.encoders import upstream_device
+
+    info = upstream if isinstance(upstream, EmbedderInfo) else EmbedderInfo.from_json(upstream)
+    path, digest = _stage_location(Path(cache_path), cache.read_meta(Path(cache_path)), info,
+                                   upstream_device(info.kind, device))
+    return cache.read_stage_fingerprint(path) == digest
+
+
+def _stage_location(cache_path: Path, meta: "cache.CacheMeta", info: EmbedderInfo, device: str) -> tuple[Path, str]:
+    digest = stage_fingerprint(meta.fingerprint, info, device)
+    # Named by what the encoder is, not how the user spelt it: "whisper" and "tiny.en" share one stage.
+    return cache.stage_path(cache_path, f"{info.kind}-{info.n_layers}x{info.hidden_size}", digest), digest
+
+
 def ensure_stage(cache_path: Path, upstream: dict | EmbedderInfo, data: "cache.CacheData | None" = None,
                  device: str = "cpu", rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
                  progress: ProgressCallback | None = None) -> cache.StageData:
@@ -67,9 +84,7 @@ def ensure_stage(cache_path: Path, upstream: dict | EmbedderInfo, data: "cache.C
     device = upstream_device(info.kind, device)
     cache_path = Path(cache_path)
     data = data if data is not None else cache.read_cache(cache_path)
-    digest = stage_fingerprint(data.meta.fingerprint, info, device)
-    # Named by what the encoder is, not how the user spelt it: "whisper" and "tiny.en" share one stage.
-    path = cache.stage_path(cache_path, f"{info.kind}-{info.n_layers}x{info.hidden_size}", digest)
+    path, digest = _stage_location(cache_path, data.meta, info, device)
     if cache.read_stage_fingerprint(path) != digest:
         try:
             if world > 1:
@@ -94,6 +109,9 @@ def _compute(data: "cache.CacheData", indices, info: EmbedderInfo, path: Path, d
     from emocli.encoders import load_upstream
 
     indices = list(indices)
+    gone = next((data.audio_paths[i] for i in indices if not os.path.isfile(data.audio_paths[i])), None)
+    if gone is not None:  # checked before minutes of model loading; most often the unpacked archive, removed
+        raise EncoderError(_audio_gone_line(data, gone, info, path))
     upstream = load_upstream(info, device=device)
     features = data.meta.typed_inputs(path).features
     try:
@@ -116,14 +134,22 @@ def _compute(data: "cache.CacheData", indices, info: EmbedderInfo, path: Path, d
         raise
 
 
+def _audio_gone_line(data: "cache.CacheData", gone: str, info: EmbedderInfo, stage: Path) -> str:
+    source = data.meta.inputs.get("source", {}).get("path", "CORPUS")
+    cache_file = stage.parent.with_name(stage.parent.name.removesuffix(cache.STAGES_SUFFIX))
+    return (f"{gone} is gone, and the {Path(info.name).name} stage needs the cache's audio (prepare removes an "
+            f"archive's unpacked copy once the cache is written); run `emocli prepare {source} --cache "
+            f"{cache_file} --audio-encoder {info.name}`, which unpacks it again for the stage")
+
+
 def _embed_files(upstream: Embedder, paths: list[Path], features: FeatureConfig) -> Iterator[np.ndarray]:
     """Each file's frames, in order; the next files are decoded in a thread while the encoder runs."""
     rate = upstream.info.sample_rate
 
     def decode(path: Path) -> np.ndarray:
         if not path.is_file():
-            raise EncoderError(f"{path} is gone, and the embedding stage needs the cache's audio; rerun `emocli "
-                               f"prepare` on the corpus (it unpacks an archive again), then train")
+            raise EncoderError(f"{path} is gone, and the embedding stage needs the cache's audio; run `emocli "
+                               f"prepare CORPUS --cache CACHE --audio-encoder NAME` (it unpacks an archive again)")
         try:
             return load_utterance_audio(path, features, rate)
         except AudioError as exc:

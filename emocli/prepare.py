@@ -6,6 +6,7 @@ set; an unchanged input is a cache hit that imports nothing heavy and returns in
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -37,6 +38,8 @@ class PrepareConfig:
     audio_encoder: str = ""
     compute_type: str = "int8"
     device: str = "auto"
+    # An archive's unpacked copy is removed once the cache (and stage) are written, unless asked to keep it.
+    keep_audio: bool = False
 
 
 @dataclass
@@ -68,18 +71,6 @@ def prepare(source: Path, cache_path: Path, config: PrepareConfig = PrepareConfi
         if upstream is not None:
             upstream_device(upstream["kind"], config.device)  # a wrong --device fails now, not after the features
     started = time.perf_counter()
-    result = _prepare_cache(source, cache_path, config, workdir, progress)
-    if upstream is not None:
-        from emocli.embed import ensure_stage
-
-        result.stage = ensure_stage(cache_path, upstream, device=config.device, progress=progress).path
-        result.seconds = time.perf_counter() - started
-    return result
-
-
-def _prepare_cache(source: Path, cache_path: Path, config: PrepareConfig, workdir: Path | None,
-                   progress: ProgressCallback | None) -> PrepareResult:
-    started = time.perf_counter()
     source, cache_path = Path(source), Path(cache_path)
     if not source.exists():
         raise CorpusError(f"{source} does not exist; pass an IEMOCAP_full_release archive or folder, or a manifest CSV")
@@ -88,6 +79,32 @@ def _prepare_cache(source: Path, cache_path: Path, config: PrepareConfig, workdi
     workdir = Path(workdir) if workdir else cache_path.parent / ".emocli-work"
     _check_folder_can_exist(cache_path.parent, "--cache", cache_path)
     _check_folder_can_exist(workdir, "--workdir", workdir)
+    archive = _source_kind(source) == "iemocap" and source.is_file()
+    with _archive_in_use(source if archive else None, workdir, remove_after=not config.keep_audio):
+        result = _prepare_cache(source, cache_path, config, workdir, progress)
+        if upstream is not None:
+            from emocli.embed import ensure_stage, stage_is_current
+
+            if archive and result.cache_hit and not stage_is_current(cache_path, upstream, config.device):
+                from emocli.corpus.archive import open_source
+
+                open_source(source, workdir)  # unpacked again: the cache's audio paths point into that copy
+            result.stage = ensure_stage(cache_path, upstream, device=config.device, progress=progress).path
+            result.seconds = time.perf_counter() - started
+    return result
+
+
+def _archive_in_use(archive: Path | None, workdir: Path, remove_after: bool):
+    if archive is None:
+        return contextlib.nullcontext()
+    from emocli.corpus.archive import extraction_in_use
+
+    return extraction_in_use(archive, workdir, remove_after)
+
+
+def _prepare_cache(source: Path, cache_path: Path, config: PrepareConfig, workdir: Path,
+                   progress: ProgressCallback | None) -> PrepareResult:
+    started = time.perf_counter()
     label_set = get_label_set(config.label_set)
     text_ref = resolve_text_model(config.text_model)
     inputs = {

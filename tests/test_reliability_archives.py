@@ -43,7 +43,7 @@ def _prepare_refuses(source: Path, tmp_path: Path, bert: Path, *words: str) -> s
     created = tree(tmp_path) - before
     allowed = {"out", "out/c.h5.lock", "out/.emocli-work"}
     assert {p for p in created if p not in allowed and not (p.startswith("out/.emocli-work/extract-")
-                                                             and p.endswith(".lock"))} == set(), created
+                                                             and p.endswith((".lock", ".use")))} == set(), created
     return line
 
 

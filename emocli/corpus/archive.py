@@ -23,9 +23,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
-from emocli.atomic import file_lock
+from emocli.atomic import LockBusy, file_lock
 from emocli.errors import ArchiveError, CorpusError
 
 Progress = Callable[[int, int], None]  # (done, total): archive bytes read for tar, members for zip
@@ -143,7 +143,9 @@ def _extracted_root(archive: Path, kind: str, workdir: Path, progress: Progress 
     with file_lock(workdir / f"extract-{key}.lock"):
         if _marker_matches(final, archive):
             try:
-                return locate_root(final)
+                root = locate_root(final)
+                _remove_superseded(workdir, archive, key)
+                return root
             except CorpusError:
                 pass  # emptied by hand since: extract again rather than fail on our own leftovers
         for stale in (tmp, final):  # an interrupted run, or a folder from an older selection rule
@@ -161,7 +163,67 @@ def _extracted_root(archive: Path, kind: str, workdir: Path, progress: Progress 
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         os.replace(tmp, final)
+    _remove_superseded(workdir, archive, key)
     return final / relative
+
+
+# ---- the lifetime of an extraction ------------------------------------------------------------------------
+# An unpacked copy is ~1.4 GB on the real corpus and is needed only while a cache or an embedding stage is being
+# computed from it. A process that reads it holds a shared lock on `extract-<key>.use` from before it looks for
+# the copy until it is done; removal takes that lock exclusively without waiting, so a copy in use is never
+# removed, and a reader that arrives after a removal simply unpacks again.
+
+@contextlib.contextmanager
+def extraction_in_use(source: Path, workdir: Path, remove_after: bool) -> Iterator[None]:
+    """Hold the unpacked copy of archive `source` (if it is one) for the duration; on a clean exit with
+    `remove_after`, remove that copy unless another process is still using it. A failed run keeps it for the retry."""
+    source = Path(source)
+    if not source.is_file():
+        yield
+        return
+    key = extraction_key(source)
+    with file_lock(Path(workdir) / f"extract-{key}.use", shared=True):
+        yield
+    if remove_after:
+        remove_extraction(Path(workdir), key)
+
+
+def remove_extraction(workdir: Path, key: str) -> bool:
+    """Remove `extract-<key>` unless a process is using it; True if it is gone. The folder is first renamed, so
+    a run killed halfway leaves a `.removing` folder (cleared by the next run), never a partial copy that still
+    looks complete."""
+    final = workdir / f"extract-{key}"
+    try:
+        with file_lock(workdir / f"extract-{key}.use", wait=False):
+            if final.exists():
+                doomed = workdir / f"extract-{key}.removing"
+                shutil.rmtree(doomed, ignore_errors=True)
+                os.replace(final, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+    except LockBusy:
+        return False
+    except OSError:  # a read-only work folder: the copy stays, which costs disk but loses nothing
+        return False
+    return not final.exists()
+
+
+def _remove_superseded(workdir: Path, archive: Path, key: str) -> None:
+    """Copies of earlier versions of the same archive (another size or modification time) are never served
+    again: remove them, and what an interrupted removal left."""
+    source = str(archive.resolve())
+    for folder in workdir.glob("extract-*"):
+        if folder.name.endswith(".removing"):
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        other = folder.name[len("extract-"):]
+        if not folder.is_dir() or "." in other or other == key:
+            continue
+        try:
+            marker = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not a finished copy of ours: leave it
+        if marker.get("source") == source:
+            remove_extraction(workdir, other)
 
 
 def _marker_matches(final: Path, archive: Path) -> bool:
