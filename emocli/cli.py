@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -36,6 +37,25 @@ def one_line(text: object) -> str:
     return str(text).translate(_LINE_BREAKS)
 
 
+# What the user's filesystem does to any command (a read-only or full disk, a missing permission, a file where a
+# folder should be): the user's to fix, so one line and exit 1 wherever it surfaces, not an internal error.
+_FILESYSTEM_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                      errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENFILE}
+
+
+def filesystem_error_line(exc: OSError) -> str | None:
+    """One line for an OSError the user's filesystem caused, naming the path and what to do; None for others."""
+    if exc.errno not in _FILESYSTEM_ERRNOS:
+        return None
+    where = exc.filename if exc.filename is not None else "a file"
+    advice = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+              errno.EMFILE: "raise the open-file limit (ulimit -n)", errno.ENFILE: "raise the open-file limit",
+              errno.ENOTDIR: "a part of that path is a file, not a folder; choose another path",
+              errno.EISDIR: "it is a folder; give a file path",
+              errno.ENAMETOOLONG: "choose a shorter path"}.get(exc.errno, "check its permissions or choose another path")
+    return f"cannot use {where}: {exc.strerror or exc}; {advice} (nothing already written was changed)"
+
+
 def handles_errors(command: Callable) -> Callable:
     """EmocliError -> one line on stderr and exit 1; Ctrl-C -> exit 130; never a traceback."""
 
@@ -52,6 +72,11 @@ def handles_errors(command: Callable) -> Callable:
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug of ours: still one line, with a way to see the traceback
+            line = filesystem_error_line(exc) if isinstance(exc, OSError) else None
+            if line is not None:
+                err.print(f"[bold red]error:[/] {escape(one_line(line))}", markup=True, highlight=False,
+                          soft_wrap=True)
+                raise typer.Exit(1) from None
             if os.environ.get("EMOCLI_DEBUG"):
                 raise
             err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(one_line(exc))} (rerun with "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emocli.cache import CacheInputs
-from emocli.errors import ConfigError
+from emocli.errors import CacheError, ConfigError
 
 # Feature settings that only decide which files get into a cache, not what the model sees of one.
 SELECTION_ONLY = ("min_seconds", "silence_peak")
@@ -63,3 +63,14 @@ def _check_against_run(inputs: CacheInputs, run, cache_path: Path) -> None:
         raise ConfigError(f"tokenizer mismatch: the run's text model was fed tokens of {run.tokenizer.get('name')!r}, "
                           f"cache {cache_path} was tokenised with {inputs.tokenizer.get('name')!r}; re-run "
                           f"`emocli prepare --text-model {run.model.text_model}`")
+
+
+def check_token_ids(input_ids, vocab_size: int | None, cache_path: Path) -> None:
+    """CacheError when the cache holds token ids past the text model's vocabulary (a hand-edited cache, or one
+    tokenised for another model): the embedding lookup would otherwise fail deep inside a forward pass."""
+    if not isinstance(vocab_size, int) or not getattr(input_ids, "size", 0):
+        return
+    largest = int(input_ids.max())
+    if largest >= vocab_size:
+        raise CacheError(f"{cache_path} holds token id {largest}, beyond the text model's vocabulary of {vocab_size}; "
+                         f"the cache was edited or tokenised for another model — rebuild it with `emocli prepare`")

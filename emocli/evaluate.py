@@ -213,6 +213,10 @@ def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", bat
     folds = []
     for name in finished:
         model, _, _ = bundle.load_model(run.path, name, str(torch_device))
+        if model.text is not None:
+            from emocli.compat import check_token_ids
+
+            check_token_ids(data.input_ids, model.text.vocab_size, cache_path)
         probs = predict_cache(model, data, batch_size, torch_device, stage)  # (N, C)
         folds.append(FoldScores.from_labels(name, data.labels, probs.argmax(axis=1), run.config.classes))
         del model

@@ -77,20 +77,33 @@ def prepare(source: Path, cache_path: Path, config: PrepareConfig = PrepareConfi
     if not math.isfinite(config.features.max_seconds):
         raise CacheError(f"--max-seconds {config.features.max_seconds} must be a finite number of seconds")
     workdir = Path(workdir) if workdir else cache_path.parent / ".emocli-work"
-    _check_folder_can_exist(cache_path.parent, "--cache", cache_path)
-    _check_folder_can_exist(workdir, "--workdir", workdir)
     archive = _source_kind(source) == "iemocap" and source.is_file()
-    with _archive_in_use(source if archive else None, workdir, remove_after=not config.keep_audio):
-        result = _prepare_cache(source, cache_path, config, workdir, progress)
+    _check_folder(cache_path.parent, "--cache", cache_path, writable=False)
+    _check_folder(workdir, "--workdir", workdir, writable=False)
+    inputs, text_ref = _cache_inputs(source, config)
+    digest = cache.fingerprint(inputs)
+    hit = _cache_hit(cache_path, digest)
+    if upstream is not None:
+        from emocli.embed import ensure_stage, stage_is_current
+    if hit is not None and (upstream is None or stage_is_current(cache_path, upstream, config.device)):
+        # Nothing to write: a cache (and stage) in a read-only folder serves as well as any.
+        result = PrepareResult(cache_path, digest, True, hit.summary, [], 0.0)
         if upstream is not None:
-            from emocli.embed import ensure_stage, stage_is_current
-
-            if archive and result.cache_hit and not stage_is_current(cache_path, upstream, config.device):
+            result.stage = ensure_stage(cache_path, upstream, device=config.device).path
+        result.seconds = time.perf_counter() - started
+        return result
+    _check_folder(cache_path.parent, "--cache", cache_path, writable=True)
+    if archive:
+        _check_folder(workdir, "--workdir", workdir, writable=True)
+    with _archive_in_use(source if archive else None, workdir, remove_after=not config.keep_audio):
+        result = _prepare_cache(source, cache_path, config, workdir, inputs, text_ref, progress)
+        if upstream is not None:
+            if archive and result.cache_hit:
                 from emocli.corpus.archive import open_source
 
                 open_source(source, workdir)  # unpacked again: the cache's audio paths point into that copy
             result.stage = ensure_stage(cache_path, upstream, device=config.device, progress=progress).path
-            result.seconds = time.perf_counter() - started
+    result.seconds = time.perf_counter() - started
     return result
 
 
@@ -102,9 +115,8 @@ def _archive_in_use(archive: Path | None, workdir: Path, remove_after: bool):
     return extraction_in_use(archive, workdir, remove_after)
 
 
-def _prepare_cache(source: Path, cache_path: Path, config: PrepareConfig, workdir: Path,
-                   progress: ProgressCallback | None) -> PrepareResult:
-    started = time.perf_counter()
+def _cache_inputs(source: Path, config: PrepareConfig):
+    """Everything the cache depends on (its fingerprint's inputs), and the resolved text model."""
     label_set = get_label_set(config.label_set)
     text_ref = resolve_text_model(config.text_model)
     inputs = {
@@ -114,11 +126,13 @@ def _prepare_cache(source: Path, cache_path: Path, config: PrepareConfig, workdi
         "reader": {"kind": _source_kind(source), "tags": config.tags},
         "source": source_identity(source, label_set),
     }
-    digest = cache.fingerprint(inputs)
-    hit = _cache_hit(cache_path, digest)
-    if hit is not None:
-        return PrepareResult(cache_path, digest, True, hit.summary, [], time.perf_counter() - started)
+    return inputs, text_ref
 
+
+def _prepare_cache(source: Path, cache_path: Path, config: PrepareConfig, workdir: Path, inputs: dict, text_ref,
+                   progress: ProgressCallback | None) -> PrepareResult:
+    started = time.perf_counter()
+    digest = cache.fingerprint(inputs)
     _refuse_foreign_target(source, cache_path)
     with cache.build_lock(cache_path):
         hit = _cache_hit(cache_path, digest)  # another process may have built it while we waited
@@ -177,12 +191,16 @@ def source_identity(source: Path, label_set: LabelSet | None = None) -> dict:
             "listing_sha256": hashlib.sha256(json.dumps(sorted(listing)).encode()).hexdigest()}
 
 
-def _check_folder_can_exist(folder: Path, option: str, given: Path) -> None:
-    """One line, before any work, when `folder` cannot be a folder: it, or a folder above it, is a file."""
+def _check_folder(folder: Path, option: str, given: Path, writable: bool) -> None:
+    """One line, before any work, when `folder` cannot be a folder (it, or a folder above it, is a file) or, when
+    something is to be written there, when the nearest existing folder is not writable."""
     for part in (folder, *folder.parents):
         if part.exists():
             if not part.is_dir():
                 raise CacheError(f"{option} {given}: {part} is a file, not a folder; choose another path")
+            if writable and not os.access(part, os.W_OK | os.X_OK):
+                raise CacheError(f"{option} {given}: folder {part} is not writable; make it writable or choose "
+                                 f"another path")
             return
 
 

@@ -311,8 +311,10 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
     inputs = data.meta.typed_inputs(cache_path)
     text_ref = check_cache_fits(inputs, model_config, cache_path)
     if text_ref is not None:  # the encoder's width is a fact of the text model, not a choice: taken from it
-        from emocli.text_model import encoder_hidden_size
+        from emocli.compat import check_token_ids
+        from emocli.text_model import encoder_hidden_size, read_encoder_config
 
+        check_token_ids(data.input_ids, read_encoder_config(text_ref.path).get("vocab_size"), cache_path)
         model_config = replace(model_config, text_hidden=encoder_hidden_size(text_ref))
     classes = data.meta.classes
     splits = make_splits(data.labels, data.sessions, classes, train_config)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -247,14 +248,112 @@ def test_eval_interrupted_while_plotting_leaves_the_previous_report_whole(small_
     (lambda h5: h5["spec_offsets"].__setitem__(3, 10**9), "offsets"),
     (lambda h5: h5["input_ids"].__setitem__((0, 0), -5), "negative token ids"),
     (lambda h5: h5["attention_mask"].__setitem__((0, 0), 3), "mask other than 0/1"),
-], ids=["label-too-big", "label-negative", "offsets", "token-id", "mask"])
-def test_a_hand_edited_cache_is_one_line_for_train_and_eval(tiny_bert_dir, tmp_path, edit, words):
+    (lambda h5: h5["input_ids"].__setitem__((0, 0), 10**6), "beyond the text model's vocabulary"),
+    (lambda h5: h5.attrs.__delitem__("inputs"), "not a readable emocli cache"),
+    (lambda h5: h5.attrs.__delitem__("emocli_cache"), "not an emocli cache"),
+    (lambda h5: h5.__delitem__("durations"), "is damaged"),
+], ids=["label-too-big", "label-negative", "offsets", "token-id", "mask", "token-id-past-vocab", "no-inputs",
+        "no-marker", "no-durations"])
+def test_a_hand_edited_cache_is_one_line_for_train_and_eval(small_run, tmp_path, edit, words):
+    import shutil
+
     import h5py
 
-    from test_train import make_cache
-
-    path = make_cache(tmp_path / "cache.h5", tiny_bert_dir)
+    path = tmp_path / "edited.h5"
+    shutil.copy(tmp_path / "cache.h5", path)  # the cache small_run was trained on
     with h5py.File(path, "a") as h5:
         edit(h5)
-    assert_refused(cli("train", path, "--run", tmp_path / "run", "--protocol", "loso", "--json"), words)
-    assert not (tmp_path / "run").exists()
+    assert_refused(cli("train", path, "--run", tmp_path / "run2", "--protocol", "loso", "--json"), words)
+    assert not (tmp_path / "run2").exists()
+    assert_refused(cli("eval", small_run, "--cache", path), words)
+
+
+# --------------------------------------------------------------------------------------------- item 13: the filesystem says no
+
+
+def test_a_cache_or_work_folder_that_cannot_be_written_is_one_line_before_any_work(archive, tiny_bert_dir, tmp_path,
+                                                                                   monkeypatch):
+    common = ("--text-model", tiny_bert_dir, "--n-mels", 64, "--workers", 1)
+    assert cli("prepare", archive, "--cache", tmp_path / "ok" / "c.h5", *common).exit_code == 0
+    locked = {tmp_path / "ro"}
+    (tmp_path / "ro").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) not in locked and real_access(path, mode))
+    assert_refused(cli("prepare", archive, "--cache", tmp_path / "ro" / "c.h5", *common), "folder", "not writable")
+    assert_refused(cli("prepare", archive, "--cache", tmp_path / "c.h5", "--workdir", tmp_path / "ro" / "w", *common),
+                   "--workdir", "not writable")
+    locked.add(tmp_path / "ok")  # an up-to-date cache in a read-only folder is still served
+    assert cli("prepare", archive, "--cache", tmp_path / "ok" / "c.h5", *common).exit_code == 0
+    assert_refused(cli("prepare", archive, "--cache", tmp_path / "ok" / "c.h5", *common, "--labels", "4class-noexc"),
+                   "not writable")
+    assert list((tmp_path / "ro").iterdir()) == [] and not (tmp_path / "c.h5").exists()
+
+
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied", "/data/x"),
+                                   OSError(28, "No space left on device", "/data/x"),
+                                   OSError(30, "Read-only file system", "/data/x")])
+def test_what_the_filesystem_refuses_anywhere_is_one_line_and_exit_1(tmp_path, monkeypatch, error):
+    from emocli import synth
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(synth, "synthesize", refuse)
+    assert_refused(cli("synth", tmp_path / "s", "--per-class", 1), "cannot use /data/x", error.strerror)
+
+
+def test_a_bug_is_still_an_internal_error(tmp_path, monkeypatch):
+    from emocli import synth
+
+    def bug(*args, **kwargs):
+        raise OSError(5, "Input/output error")  # not something the user's paths explain
+
+    monkeypatch.setattr(synth, "synthesize", bug)
+    result = cli("synth", tmp_path / "s", "--per-class", 1)
+    assert result.exit_code == 2 and "internal error" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to act as another user")
+def test_read_only_folders_as_an_unprivileged_user_are_one_line(archive, tiny_bert_dir, tmp_path):
+    """The real thing, not a patched os.access: run the CLI as `nobody` against folders it cannot write."""
+    import subprocess
+    import sys
+
+    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                            "import emocli"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("nobody cannot run this interpreter (its folder is private)")
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="emocli-nobody-"))  # pytest's own tmp folders are private to root
+    try:
+        _as_nobody_in(base, archive, tiny_bert_dir)
+    finally:
+        shutil.rmtree(base)
+
+
+def _as_nobody_in(base: Path, archive: Path, tiny_bert_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    base.chmod(0o755)
+    shutil.copy(archive, base / archive.name)
+    shutil.copytree(tiny_bert_dir, base / "bert")
+    for path in (base / archive.name, *(base / "bert").rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (base / "bert").chmod(0o755)
+    archive, tiny_bert_dir = base / archive.name, base / "bert"
+    ro = base / "ro"
+    ro.mkdir(mode=0o555)
+
+    def as_nobody(*args) -> subprocess.CompletedProcess:
+        return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                               "emocli", *map(str, args)], capture_output=True, text=True,
+                              env={**os.environ, "HOME": str(ro), "OMP_NUM_THREADS": "1"})
+
+    for args, words in [(("prepare", archive, "--cache", ro / "c.h5", "--text-model", tiny_bert_dir), "not writable"),
+                        (("synth", ro / "s", "--per-class", 1), "Permission denied")]:
+        result = as_nobody(*args)
+        errors = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1 and len(errors) == 1 and words in errors[0], (result.returncode, errors)
+    assert list(ro.iterdir()) == []

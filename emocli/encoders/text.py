@@ -56,6 +56,10 @@ class TextEncoder(nn.Module):
     def hidden_size(self) -> int:
         return int(self.encoder.config.hidden_size)
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.encoder.config.vocab_size)
+
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) token ids and mask -> (B, L, H) hidden states and the (B, L) bool mask of real tokens."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
