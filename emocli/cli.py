@@ -436,47 +436,116 @@ def predict(
     transcripts: Optional[Path] = typer.Option(None, "--transcripts",
                                                help="CSV/TSV with columns id,text (id = file stem or relative path)."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write every prediction to a .csv or .jsonl file."),
+    asr: str = typer.Option("auto", "--asr", help="auto: transcribe files without a transcript (offline Whisper) | "
+                            "off: predict them from audio alone. Each row says where its text came from."),
+    asr_model: str = typer.Option("whisper", "--asr-model", help="whisper (tiny.en, English) | whisper-base "
+                                  "(multilingual) | a local CTranslate2 Whisper folder."),
+    segment: str = typer.Option("auto", "--segment", help="auto: recordings longer than --max-seconds are cut into "
+                                "utterances by voice-activity detection, each one a row with start and end | always "
+                                "| never: classify only the first --max-seconds."),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.5,
+                                                help="Longest audio classified as one utterance (default: the run's, "
+                                                     "as prepare used)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Folder for a PNG timeline of each segmented recording."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     fold: Optional[str] = typer.Option(None, "--fold", help="Which fold's model (default: the run's first)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     show: int = typer.Option(50, "--show", min=0, help="Rows of the table printed (all go to --output)."),
 ) -> None:
-    """Predict emotions for one recording (with --text) or a folder of recordings."""
-    from emocli.features import parallel_map
-    from emocli.predict import Failure, Predictor, check_output_path, collect_inputs, write_predictions
+    """Predict emotions for one recording (with --text) or a folder of recordings; long recordings become a
+    timeline of utterances."""
+    import math
 
+    from emocli.asr import ASR_MODES, AsrConfig
+    from emocli.features import parallel_map
+    from emocli.predict import (SEGMENT_MODES, Failure, Predictor, check_output_path, collect_inputs,
+                                expand_recordings, write_predictions)
+
+    if asr not in ASR_MODES:
+        raise EmocliError(f"--asr {asr!r} is not one of {', '.join(ASR_MODES)}")
+    if segment not in SEGMENT_MODES:
+        raise EmocliError(f"--segment {segment!r} is not one of {', '.join(SEGMENT_MODES)}")
+    if max_seconds is not None and not math.isfinite(max_seconds):
+        raise EmocliError(f"--max-seconds {max_seconds} must be a finite number of seconds")
     if output is not None:
         check_output_path(output, [transcripts, source])
+    if plot is not None:
+        from emocli.plots import check_plot_folder
+
+        check_plot_folder(plot)
     items = collect_inputs(source, text, transcripts)
-    predictions, failures = [], 0
+    predictions, failed = [], set()
+
+    def notice(item_id: str, message: str) -> None:
+        err.print(f"{one_line(item_id)}: {one_line(message)}", highlight=False, soft_wrap=True)
+
     with parallel_map(len(items), chunksize=4) as feature_map:  # forked before torch loads the model
-        predictor = Predictor.from_run(run_dir, fold, device)
-        for result in predictor.predict(items, batch_size, feature_map):
+        predictor = Predictor.from_run(run_dir, fold, device, max_seconds,
+                                       AsrConfig(model=asr_model) if asr == "auto" else None)
+        expanded = expand_recordings(items, predictor.window_s, segment, notice=notice)
+        for result in predictor.predict(expanded, batch_size, feature_map):
             if isinstance(result, Failure):
-                failures += 1
+                failed.add(result.id)
                 err.print(f"skipped {one_line(result.id)}: {one_line(result.reason)}", highlight=False, soft_wrap=True)
             else:
                 predictions.append(result)
     if output is not None:  # even when every file failed: an older file must not stay looking current
         write_predictions(predictions, predictor.classes, output)
     _print_predictions(predictions, predictor.classes, show)
+    timelines = _timelines(predictions)
+    if timelines:
+        _print_timeline_summary(timelines, predictor.classes)
+    if plot is not None and timelines:
+        from emocli.plots import write_timelines
+
+        for path in write_timelines(timelines, predictor.classes, plot):
+            out.print(f"wrote {path}", highlight=False)
     if output is not None:
         out.print(f"wrote {len(predictions)} predictions to {output}", highlight=False)
-    if failures:
-        err.print(f"{failures} of {len(items)} file(s) could not be predicted", highlight=False)
+    if failed:
+        err.print(f"{len(failed)} of {len(items)} file(s) could not be predicted (in full)", highlight=False)
         raise typer.Exit(1)
+
+
+def _timelines(predictions) -> dict:
+    """The segmented recordings' rows, by recording, in time order."""
+    by_id: dict = {}
+    for p in predictions:
+        if p.start is not None:
+            by_id.setdefault(p.id, []).append(p)
+    return by_id
+
+
+def _print_timeline_summary(timelines: dict, classes) -> None:
+    from emocli.longform import time_shares
+
+    table = Table(title="share of speech time per emotion, per recording")
+    for name in ("recording", "utterances", "speech (s)", *classes):
+        table.add_column(name, justify="left" if name == "recording" else "right")
+    for item_id, rows in timelines.items():
+        shares = time_shares([(p.start, p.end, p.label) for p in rows], tuple(classes))
+        speech = sum(p.end - p.start for p in rows)
+        table.add_row(one_line(item_id), str(len(rows)), f"{speech:.1f}", *[f"{100 * shares[c]:.0f} %" for c in classes])
+    out.print(table)
 
 
 def _print_predictions(predictions, classes, show: int) -> None:
     table = Table(title=f"{len(predictions)} prediction(s)")
     table.add_column("file")
+    if any(p.start is not None for p in predictions[:show]):
+        table.add_column("time (s)")
     table.add_column("emotion")
     for c in classes:
         table.add_column(f"p({c})", justify="right")
     table.add_column("text")
+    timed = any(p.start is not None for p in predictions[:show])
     for p in predictions[:show]:
-        shown = "(audio only)" if p.audio_only else (p.text if len(p.text) <= 40 else p.text[:39] + "…")
-        table.add_row(one_line(p.id), p.label, *[f"{p.probs[c]:.2f}" for c in classes], one_line(shown))
+        if p.audio_only:
+            shown = "(audio only)"
+        else:
+            shown = (p.text if len(p.text) <= 40 else p.text[:39] + "…") + (" (asr)" if p.text_source == "asr" else "")
+        when = [f"{p.start:.1f}-{p.end:.1f}" if p.start is not None else ""] if timed else []
+        table.add_row(one_line(p.id), *when, p.label, *[f"{p.probs[c]:.2f}" for c in classes], one_line(shown))
     if len(predictions) > show:
         table.caption = f"first {show} shown"
     out.print(table)

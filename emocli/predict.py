@@ -10,6 +10,7 @@ rest goes on.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -29,8 +30,10 @@ from emocli.features import FeatureConfig, audio_features, to_float16, tokenize
 if TYPE_CHECKING:  # torch and the model load only once a run is opened: `--help` and input errors stay fast
     import torch
 
+    from emocli.asr import AsrConfig, Recogniser
     from emocli.bundle import RunConfig
     from emocli.encoders.base import Embedder
+    from emocli.longform import SegmentConfig
     from emocli.model import EmotionModel
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -46,8 +49,20 @@ FeatureMap = Callable[[Callable, Iterable], Iterable]  # `map`, or a process poo
 class PredictItem:
     id: str  # the path relative to the input folder (or the file name for a single file)
     path: Path
-    text: str | None  # None: no transcript, predict from audio alone
+    text: str | None  # None: no transcript (yet)
     problem: str | None = None  # why this entry cannot be predicted (an unreadable folder, a broken transcript)
+    text_source: str | None = None  # "given" | "asr" | None (no text); None with a text means "given"
+    asr_confidence: float | None = None
+    # An utterance cut from a long recording: its audio (16 kHz mono) and where it lies in the file, in seconds.
+    audio: np.ndarray | None = None
+    start: float | None = None
+    end: float | None = None
+
+    @property
+    def source_of_text(self) -> str:
+        if self.text is None:
+            return "none"
+        return self.text_source or "given"
 
 
 @dataclass(frozen=True)
@@ -58,10 +73,21 @@ class Prediction:
     label: str
     probs: dict[str, float]  # every class, in the run's class order
     audio_only: bool  # predicted without a transcript
+    text_source: str = "given"  # where `text` came from: given | asr | none
+    asr_confidence: float | None = None  # the recogniser's mean token probability, for text_source asr
+    start: float | None = None  # seconds: the utterance's place in a long recording (None: the whole file)
+    end: float | None = None
 
     def to_json(self) -> dict:
-        return {"id": self.id, "file": str(self.path), "text": self.text, "label": self.label,
-                "audio_only": self.audio_only, **{f"p_{c}": round(p, 6) for c, p in self.probs.items()}}
+        return {"id": self.id, "file": str(self.path), "start": _seconds(self.start), "end": _seconds(self.end),
+                "text": self.text, "text_source": self.text_source,
+                "asr_confidence": None if self.asr_confidence is None else round(self.asr_confidence, 4),
+                "label": self.label, "audio_only": self.audio_only,
+                **{f"p_{c}": round(p, 6) for c, p in self.probs.items()}}
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 @dataclass(frozen=True)
@@ -207,6 +233,55 @@ def _parse_transcripts(reader: csv.DictReader, path: Path) -> dict[str, str]:
     return table
 
 
+# --------------------------------------------------------------------------------------------- long recordings
+
+SEGMENT_MODES = ("auto", "always", "never")
+
+
+def expand_recordings(items: Iterable[PredictItem], window_s: float, mode: str = "auto",
+                      config: "SegmentConfig | None" = None, notice: Callable[[str, str], None] = lambda i, m: None
+                      ) -> Iterator[PredictItem]:
+    """Each item as it is, or, for a recording longer than `window_s` (or every one with mode "always"), the
+    utterances voice-activity detection finds in it, one item each, cut as the file streams in.
+
+    `notice(id, message)` hears what the user must be told: a truncated recording (mode "never"), a transcript
+    that covers a whole recording and so cannot be used for its utterances. A recording without speech, or one that
+    cannot be decoded part-way, becomes a failing item after the utterances before the damage."""
+    from emocli.longform import SegmentConfig, audio_duration, speech_segments
+
+    if mode not in SEGMENT_MODES:
+        raise ConfigError(f"--segment {mode!r} is not one of {', '.join(SEGMENT_MODES)}")
+    config = config or SegmentConfig(max_segment_s=window_s)
+    vad = None
+    for item in items:
+        duration = None if item.problem else audio_duration(item.path)
+        long = duration is not None and window_s > 0 and duration > window_s
+        if item.problem or mode == "never" or (mode == "auto" and not long):
+            if long:
+                notice(item.id, f"{duration:.1f} s long: only its first {window_s:g} s were classified "
+                                f"(--segment auto classifies every utterance of it)")
+            yield item
+            continue
+        if item.text is not None:
+            notice(item.id, "its transcript covers the whole recording, not each utterance: the utterances are "
+                            "transcribed instead (or pass --asr off)")
+        if vad is None:
+            from emocli.longform import SileroVad
+
+            vad = SileroVad.load()
+        found = 0
+        try:
+            for segment in speech_segments(item.path, config, vad):
+                found += 1
+                yield PredictItem(item.id, item.path, None, audio=segment.audio, start=segment.start, end=segment.end)
+        except AudioError as exc:
+            yield dataclasses.replace(item, problem=str(exc).removeprefix(f"{item.path}: "))
+            continue
+        if not found:
+            yield dataclasses.replace(item, problem="no speech found in it (voice-activity detection heard none: "
+                                                    "silence, noise or music)")
+
+
 # --------------------------------------------------------------------------------------------- model
 
 
@@ -214,15 +289,21 @@ class Predictor:
     """A trained model with the run's own settings; `predict` yields one result per item, in input order."""
 
     def __init__(self, model: "EmotionModel", config: "RunConfig", tokenizer: object | None, device: "torch.device",
-                 upstream: "Embedder | None" = None):
+                 upstream: "Embedder | None" = None, recogniser: "Recogniser | None" = None):
         """`tokenizer`: the run's own copy, None for an audio-only model; `upstream`: what makes the audio branch's
         features when they are not the log-mel (a frozen pretrained encoder with the run's weights, or the
-        waveform for a fine-tuned one)."""
+        waveform for a fine-tuned one); `recogniser`: transcribes items without a transcript (None: they are
+        predicted from audio alone)."""
         self.model, self.config, self.tokenizer, self.device = model, config, tokenizer, device
-        self.upstream = upstream
+        self.upstream, self.recogniser = upstream, recogniser
 
     @classmethod
-    def from_run(cls, run_dir: Path, fold: str | None = None, device: str = "auto") -> "Predictor":
+    def from_run(cls, run_dir: Path, fold: str | None = None, device: str = "auto", max_seconds: float | None = None,
+                 asr: "AsrConfig | None" = None) -> "Predictor":
+        """`max_seconds`: the longest audio classified as one utterance (default: the run's own, as in prepare);
+        `asr`: the recogniser for items without a transcript, loaded only when the model reads text."""
+        import dataclasses
+
         import torch
 
         from emocli.batch import resolve_device
@@ -230,6 +311,8 @@ class Predictor:
 
         torch_device = resolve_device(device)
         model, config, tokenizer = load_model(Path(run_dir), fold, str(torch_device))
+        if max_seconds is not None:
+            config = dataclasses.replace(config, features=dataclasses.replace(config.features, max_seconds=max_seconds))
         from emocli.encoders import feature_source, load_upstream
 
         source = feature_source(config.model)
@@ -237,39 +320,59 @@ class Predictor:
         # Conv weights in NHWC: oneDNN's convolutions are 25 % faster in that layout on CPU, and the CNN is three
         # quarters of a prediction's time. Same weights, results equal up to float summation order.
         model.to(memory_format=torch.channels_last)
-        return cls(model, config, tokenizer, torch_device, upstream)
+        recogniser = None
+        if asr is not None and config.model.uses_text:
+            from emocli.asr import Recogniser
+
+            recogniser = Recogniser.load(asr, device="cuda" if torch_device.type == "cuda" else "cpu")
+        return cls(model, config, tokenizer, torch_device, upstream, recogniser)
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.config.classes
 
+    @property
+    def window_s(self) -> float:
+        """The longest audio classified as one utterance; longer recordings are segmented (or truncated)."""
+        return self.config.features.max_seconds
+
     def features(self, item: PredictItem) -> np.ndarray:
         """(T, ...) float16 audio features of one item, exactly as the training data's were made: the log-mel of
         prepare, or the frozen upstream's frames of the embedding stage."""
         if self.upstream is not None:
-            return utterance_frames(self.upstream, load_utterance_audio(item.path, self.config.features,
-                                                                        self.upstream.info.sample_rate))
+            return utterance_frames(self.upstream, self._audio(item, self.upstream.info.sample_rate))
+        if item.audio is not None:
+            return _log_mel_of(self._audio(item, self.config.features.sample_rate), self.config.features)
         spec, _ = audio_features(item.path, self.config.features)
         return to_float16(spec.T)
 
+    def _audio(self, item: PredictItem, rate: int) -> np.ndarray:
+        """The item's samples at `rate`, with prepare's truncation and refusals: from its file, or the utterance
+        cut from a long recording."""
+        if item.audio is None:
+            return load_utterance_audio(item.path, self.config.features, rate)
+        return utterance_audio(item.audio, self.config.features, rate, item.path)
+
     def predict(self, items: Iterable[PredictItem], batch_size: int = 32,
                 feature_map: FeatureMap = map) -> Iterator[Prediction | Failure]:
-        """Features are computed by `feature_map` (a process pool for folders), the model runs per batch."""
+        """Features are computed by `feature_map` (a process pool for folders), the model runs per batch. `items`
+        is consumed a chunk at a time: the utterances of a 2-hour recording are never all in memory."""
+        import itertools
+
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, not {batch_size}")
-        items = list(items)
-        chunk = batch_size * FEATURE_CHUNK_BATCHES
-        for start in range(0, len(items), chunk):
-            yield from self._predict_chunk(items[start:start + chunk], batch_size, feature_map)
+        chunk, items = batch_size * FEATURE_CHUNK_BATCHES, iter(items)
+        while block := list(itertools.islice(items, chunk)):
+            yield from self._predict_chunk(block, batch_size, feature_map)
 
     def _predict_chunk(self, items: list[PredictItem], batch_size: int,
                        feature_map: FeatureMap) -> list[Prediction | Failure]:
         failed = [Failure(item.id, item.path, item.problem) for item in items if item.problem]
         if failed:  # an unreadable folder or transcript fails alone, before any audio is decoded
-            by_id = {f.id: f for f in failed}
             rest = [item for item in items if not item.problem]
             done = iter(self._predict_chunk(rest, batch_size, feature_map)) if rest else iter(())
-            return [by_id[item.id] if item.problem else next(done) for item in items]
+            return [Failure(item.id, item.path, item.problem) if item.problem else next(done) for item in items]
+        items = self._transcribe_missing(items)
         feats = self._chunk_features(items, feature_map)
         results: list[Prediction | Failure | None] = [None] * len(items)
         ready = []
@@ -293,18 +396,38 @@ class Predictor:
                 results[index] = prediction
         return results
 
+    def _transcribe_missing(self, items: list[PredictItem]) -> list[PredictItem]:
+        """Items without a transcript, transcribed when there is a recogniser (a file that cannot be decoded is
+        left as it is: the audio step names its problem)."""
+        if self.recogniser is None:
+            return items
+        from emocli.asr import SAMPLE_RATE_HZ
+
+        done = []
+        for item in items:
+            if item.text is None:
+                audio = _safe(self._audio, item.path, item, SAMPLE_RATE_HZ)
+                if not isinstance(audio, str):
+                    heard = self.recogniser.transcribe(audio)
+                    item = dataclasses.replace(item, text=heard.text or None, text_source="asr",
+                                               asr_confidence=heard.confidence)
+            done.append(item)
+        return done
+
     def _chunk_features(self, items: list[PredictItem], feature_map: FeatureMap) -> list[np.ndarray | str | None]:
         """Each item's audio features, or the reason it has none; None for all when the model does not read audio."""
         if not self.config.model.uses_audio:
             return [None] * len(items)  # a text-only model never decodes audio: a broken file costs nothing
         if self.upstream is not None:  # the encoder uses every core itself; decoding is a small share of it
             return self._upstream_features(items)
+        if any(item.audio is not None for item in items):  # utterances of a long recording: in memory already
+            return [_safe(self.features, item.path, item) for item in items]
         return list(feature_map(_safe_features, [(item.path, self.config.features) for item in items]))
 
     def _upstream_features(self, items: list[PredictItem]) -> list[np.ndarray | str]:
         """Each item's frames, the decodable ones through the encoder together; the reason for each that fails."""
         rate = self.upstream.info.sample_rate
-        audios = [_safe(load_utterance_audio, item.path, item.path, self.config.features, rate) for item in items]
+        audios = [_safe(self._audio, item.path, item, rate) for item in items]
         good = [k for k, a in enumerate(audios) if not isinstance(a, str)]
         frames = many_utterance_frames(self.upstream, [audios[k] for k in good])
         for k, f in zip(good, frames):
@@ -336,7 +459,9 @@ class Predictor:
         with torch.inference_mode():
             probs = torch.softmax(self.model(**inputs).logits.float(), dim=-1).cpu().numpy()  # (B, C)
         return [Prediction(item.id, item.path, item.text if has_text else None, self.classes[int(p.argmax())],
-                           dict(zip(self.classes, map(float, p))), audio_only=not has_text)
+                           dict(zip(self.classes, map(float, p))), audio_only=not has_text,
+                           text_source=item.source_of_text if has_text else "none",
+                           asr_confidence=item.asr_confidence if has_text else None, start=item.start, end=item.end)
                 for item, p, has_text in zip(items, probs, present)]
 
 
@@ -348,6 +473,30 @@ def _safe(compute: Callable, path: Path, *args) -> np.ndarray | str:
         return str(exc).removeprefix(f"{path}: ")  # the CLI names the file already
     except Exception as exc:  # a decoder's own error on a malformed file: still this file's problem only
         return f"cannot decode ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+
+
+def utterance_audio(audio: np.ndarray, features: FeatureConfig, rate: int, path: Path) -> np.ndarray:
+    """An in-memory utterance (16 kHz) as prepare would have kept it: at `rate`, truncated to the window, refused
+    when too short or silent."""
+    from emocli.longform import SAMPLE_RATE_HZ as SEGMENT_RATE
+
+    if rate != SEGMENT_RATE:
+        import soxr
+
+        audio = soxr.resample(audio, SEGMENT_RATE, rate).astype(np.float32)
+    if features.max_seconds > 0:
+        audio = audio[:int(features.max_seconds * rate)]
+    if audio.size < features.min_seconds * rate:
+        raise AudioError(f"{path}: an utterance of {audio.size / rate:.2f} s is shorter than {features.min_seconds} s")
+    if not audio.size or float(np.abs(audio).max()) < features.silence_peak:
+        raise AudioError(f"{path}: the utterance is silent")
+    return audio
+
+
+def _log_mel_of(audio: np.ndarray, features: FeatureConfig) -> np.ndarray:
+    from emocli.features import log_mel
+
+    return to_float16(log_mel(audio, features).T)
 
 
 def _log_mel_f16(path: Path, features: FeatureConfig) -> np.ndarray:
@@ -364,7 +513,8 @@ def _safe_features(job: tuple[Path, FeatureConfig]) -> np.ndarray | str:
 # --------------------------------------------------------------------------------------------- output
 
 
-_CSV_HEADER = "id,file,text,label,audio_only"
+_CSV_FIELDS = ["id", "file", "start", "end", "text", "text_source", "asr_confidence", "label", "audio_only"]
+_CSV_HEADERS = (",".join(_CSV_FIELDS), "id,file,text,label,audio_only")  # this version's, and the one before
 _JSONL_KEYS = {"id", "file", "label", "audio_only"}
 
 
@@ -377,7 +527,7 @@ def _is_our_output(path: Path) -> bool:
         return False
     if not first:
         return True
-    if first.startswith(_CSV_HEADER):
+    if first.startswith(_CSV_HEADERS):
         return True
     try:
         record = json.loads(first)
@@ -427,7 +577,7 @@ def _write_rows(handle: io.TextIOBase, predictions: list[Prediction], classes: t
         for p in predictions:
             handle.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
         return
-    fields = ["id", "file", "text", "label", "audio_only", *[f"p_{c}" for c in classes]]
+    fields = [*_CSV_FIELDS, *[f"p_{c}" for c in classes]]
     writer = csv.DictWriter(handle, fieldnames=fields)
     writer.writeheader()
     for p in predictions:
