@@ -101,6 +101,8 @@ def synth(
     seed: int = typer.Option(0, "--seed"),
     fmt: str = typer.Option("tar.gz", "--format", help="tar.gz | tgz | tar | zip | dir"),
     mean_seconds: float = typer.Option(2.5, "--mean-seconds", min=0.3, help="Mean utterance duration."),
+    speech: str = typer.Option("espeak", "--speech", help="espeak: each transcript spoken by eSpeak NG (ten voices, "
+                               "emotion in pitch, range, rate and loudness) | tones: wordless babble (fast)."),
     as_json: bool = typer.Option(False, "--json", help="Print the generator's summary as one JSON object."),
 ) -> None:
     """Generate a corpus in IEMOCAP_full_release's exact layout (IEMOCAP itself cannot be shipped)."""
@@ -108,7 +110,10 @@ def synth(
 
     if fmt not in ("tar.gz", "tgz", "tar", "zip", "dir"):
         raise EmocliError(f"--format {fmt!r} is not one of tar.gz, tgz, tar, zip, dir")
-    truth = synthesize(out_dir, SynthConfig(per_class=per_class, seed=seed, fmt=fmt, mean_seconds=mean_seconds))
+    if speech not in ("espeak", "tones"):
+        raise EmocliError(f"--speech {speech!r} is not one of espeak, tones")
+    truth = synthesize(out_dir, SynthConfig(per_class=per_class, seed=seed, fmt=fmt, mean_seconds=mean_seconds,
+                                            speech=speech))
     counts = truth.four_class_counts()
     info = {"archive": str(truth.archive), "utterances_with_wav": len(truth.codes), "four_class": counts,
             "dialogs": len(truth.dialogs)}
@@ -503,7 +508,7 @@ def predict(
     if output is not None:
         out.print(f"wrote {len(predictions)} predictions to {output}", highlight=False)
     if failed:
-        err.print(f"{len(failed)} of {len(items)} file(s) could not be predicted (in full)", highlight=False)
+        err.print(f"{len(failed)} of {len(items)} file(s) could not be predicted", highlight=False)
         raise typer.Exit(1)
 
 

@@ -186,6 +186,9 @@ class SynthConfig:
     text_informative: float = 0.6  # fraction of utterances whose wording carries the emotion
     audio_informative: float = 0.6  # fraction whose prosody carries the emotion (independent draw)
     transcript_final_newline: bool = True  # False drops the last line's newline (a robustness fixture)
+    # "espeak": each transcript spoken by eSpeak NG, ten voices as the speakers; "tones": the fast babble
+    # synthesiser (no words), for tests that need audio but not speech.
+    speech: str = "tones"
 
 
 @dataclass(frozen=True)
@@ -410,13 +413,17 @@ def _duration_ticks(mean_s: float, rng: np.random.Generator) -> int:
     return ticks + 1 if ticks % 5 == 0 else ticks
 
 
-def _lay_out_times(turns: list[_Turn], mean_s: float, rng: np.random.Generator) -> None:
-    """Starts strictly increase; the other speaker overlaps often, the same speaker never."""
+def _lay_out_times(turns: list[_Turn], mean_s: float, rng: np.random.Generator,
+                   durations: dict[int, int] | None = None) -> None:
+    """Starts strictly increase; the other speaker overlaps often, the same speaker never. `durations` (serial ->
+    ticks) fixes some turns' lengths, as spoken text does."""
     start = round(rng.uniform(*DIALOG_START_S) * TICKS_PER_S)
     last_end = {"F": 0, "M": 0}
     prev: _Turn | None = None
     for t in turns:
         dur = _duration_ticks(mean_s if t.labelled else 0.4 * mean_s, rng)
+        if durations is not None and t.serial in durations:
+            dur = durations[t.serial]
         if prev is not None:
             if prev.letter != t.letter:
                 start = prev.start + max(1, round((prev.end - prev.start) * rng.uniform(*TURN_ADVANCE)))
@@ -619,6 +626,8 @@ def plan_corpus(config: SynthConfig) -> CorpusPlan:
     _time_and_name(dialogs, config.mean_seconds, rng)
     turns = [t for d in dialogs for t in d.turns if t.labelled]
     _word_and_rate(dialogs, turns, config, rng)
+    if config.speech == "espeak":
+        _fit_times_to_speech(dialogs, config)
     for t in _pick(turns, TIME_MISMATCHES, rng):
         if rng.random() < 0.5:
             t.trans_start += 1 if rng.random() < 0.5 or t.start == 0 else -1
@@ -711,6 +720,8 @@ def _validate(config: SynthConfig) -> None:
     for name in ("text_informative", "audio_informative"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ConfigError(f"{name} must lie in [0, 1], got {getattr(config, name)}")
+    if config.speech not in SPEECH_MODES:
+        raise ConfigError(f"speech {config.speech!r} is not one of {', '.join(SPEECH_MODES)}")
     if not config.root_name or "/" in config.root_name or "\\" in config.root_name \
             or config.root_name.startswith("."):
         raise ConfigError(f"root_name {config.root_name!r} must be a plain folder name")
@@ -1042,10 +1053,97 @@ def render_speech(n: int, voice: Voice, code: str | None, rng: np.random.Generat
     return x.astype(np.float32, copy=False)
 
 
-def _utterance_wav(t: _Turn, voice: Voice, seed: int) -> bytes:
+# ---- spoken: eSpeak NG reads the transcript, the emotion in its prosody ----------------------------------------
+
+SPEECH_MODES = ("tones", "espeak")
+# Ten English voices (eSpeak variants), five per gender: the corpus's ten speakers, assigned by the seed.
+SPOKEN_VOICES = {"F": ("en-us+f1", "en-us+f2", "en+f3", "en-us+f4", "en+f5"),
+                 "M": ("en-us+m1", "en+m2", "en-us+m3", "en+m4", "en-us+m7")}
+NEUTRAL_WPM = 165.0
+SPEECH_LEAD_S = (0.05, 0.25)  # silence before the words, when the turn is longer than its speech
+
+
+@dataclass(frozen=True)
+class SpokenVoice:
+    name: str  # the eSpeak voice
+    pitch: float  # the speaker's own eSpeak pitch (0-99) at neutral
+    volume: float  # and loudness (eSpeak 0-200)
+
+
+def spoken_voices(seed: int) -> dict[str, SpokenVoice]:
+    rng = np.random.default_rng([seed, 4])
+    voices = {}
+    for letter in "FM":
+        names = list(rng.permutation(SPOKEN_VOICES[letter]))
+        for s, name in zip(SESSIONS, names):
+            voices[f"Ses0{s}{letter}"] = SpokenVoice(str(name), rng.uniform(40, 60), rng.uniform(80, 110))
+    return voices
+
+
+def spoken_settings(voice: SpokenVoice, p: Prosody):
+    """eSpeak's pitch, range, rate and volume from a prosody: log pitch ratios in eSpeak's 0-99 steps (about a
+    semitone per 3), range linear in the F0 excursion, rate and loudness proportional."""
+    from emocli.tts import SpeechSettings
+
+    return SpeechSettings(voice=voice.name, rate_wpm=NEUTRAL_WPM * p.rate_sps / STYLES["neu"].rate_sps,
+                          pitch=voice.pitch + 75.0 * math.log2(p.pitch), pitch_range=15.0 + 280.0 * p.pitch_range,
+                          volume=voice.volume * p.loudness)
+
+
+SPEECH_TAIL_S = 0.15  # silence after the words
+
+
+def _spoken(t: _Turn, voice: SpokenVoice, seed: int) -> tuple[np.ndarray, np.random.Generator]:
+    """The turn's words as spoken (before placing), and its generator positioned after the prosody draw: the plan
+    (to time the turn) and the renderer (to write it) draw the same prosody from the same per-turn seed."""
+    from emocli.tts import espeak
+
+    rng = np.random.default_rng([seed, 1, t.serial])
+    code = t.code if t.audio_cue else None
+    p = _jittered(STYLES[code], STYLE_JITTER, rng) if code else _jittered(UNINFORMED, UNINFORMED_JITTER, rng)
+    return espeak().speak(t.text, spoken_settings(voice, p)), rng
+
+
+def _fit_times_to_speech(dialogs: list[_Dialog], config: SynthConfig) -> None:
+    """Spoken turns last as long as their words (plus the longest lead and a tail), not a drawn duration: the
+    turns are laid out again with those lengths, from a generator of their own (the rest of the plan is
+    untouched). The unlabelled turns keep drawn durations."""
+    voices = spoken_voices(config.seed)
+    rng = np.random.default_rng([config.seed, 5])
+    for d in dialogs:
+        durations = {}
+        for t in d.turns:
+            if t.labelled:
+                speech, _ = _spoken(t, voices[t.speaker], config.seed)
+                seconds = speech.size / SAMPLE_RATE_HZ + SPEECH_LEAD_S[1] + SPEECH_TAIL_S
+                ticks = math.ceil(max(seconds, MIN_UTT_S) * TICKS_PER_S)
+                durations[t.serial] = ticks + 1 if ticks % 5 == 0 else ticks
+        _lay_out_times(d.turns, config.mean_seconds, rng, durations)
+
+
+def render_spoken(n: int, t: _Turn, voice: SpokenVoice, seed: int) -> np.ndarray:
+    """`n` samples: the turn's text read by `voice` with its prosody (uninformative without an audio cue), placed
+    after a short lead and padded with room noise (the plan made `n` long enough for the words)."""
+    speech, rng = _spoken(t, voice, seed)
+    lead = min(int(rng.uniform(*SPEECH_LEAD_S) * SAMPLE_RATE_HZ), max(0, n - speech.size))
+    x = np.zeros(n, dtype=np.float32)
+    kept = speech[:n - lead]
+    if kept.size < speech.size:  # cut: fade out rather than click
+        fade = min(int(FADE_S * SAMPLE_RATE_HZ), kept.size)
+        kept = kept.copy()
+        kept[kept.size - fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
+    x[lead:lead + kept.size] = kept
+    x += np.float32(NOISE_FLOOR) * _noise(n, rng)
+    return x
+
+
+def _utterance_wav(t: _Turn, voice: Voice | SpokenVoice, seed: int) -> bytes:
     n = (t.end - t.start) * SAMPLE_RATE_HZ // TICKS_PER_S
     rng = np.random.default_rng([seed, 1, t.serial])  # per turn: identical whatever the write order
-    return wav_header(n) + _pcm16(render_speech(n, voice, t.code if t.audio_cue else None, rng))
+    code = t.code if t.audio_cue else None
+    if isinstance(voice, SpokenVoice):
+        return wav_header(n) + _pcm16(render_spoken(n, t, voice, seed))
+    return wav_header(n) + _pcm16(render_speech(n, voice, code, rng))
 
 
 def _dialog_wav(seed: int, serial: int) -> bytes:
@@ -1217,7 +1315,7 @@ def _emit(sink: _Sink, plan: CorpusPlan) -> None:
     sink.add_file(f"{root}/README.txt", README_TEXT.encode())
     for name, data in _documentation_files().items():
         sink.add_file(f"{root}/Documentation/{name}", data)
-    voices = speaker_voices(cfg.seed)
+    voices = spoken_voices(cfg.seed) if cfg.speech == "espeak" else speaker_voices(cfg.seed)
     for s in SESSIONS:
         dialogs = [d for d in plan.dialogs if d.session == s]
         base = f"{root}/Session{s}"
@@ -1235,7 +1333,7 @@ def _emit(sink: _Sink, plan: CorpusPlan) -> None:
                     sink.add_file(f"{base}/sentences/{kind}/{d.name}/{t.utt_id}.txt", _mocap_text(3).encode())
 
 
-def _sentence_wavs(base: str, dialogs: list[_Dialog], junk: bytes | None, voices: dict[str, Voice],
+def _sentence_wavs(base: str, dialogs: list[_Dialog], junk: bytes | None, voices: dict[str, Voice | SpokenVoice],
                    seed: int) -> Iterator[tuple[str, Callable[[], bytes]]]:
     for d in dialogs:
         folder = f"{base}/sentences/wav/{d.name}"

@@ -101,7 +101,10 @@ def _wav_ids(folder: Path) -> set[str]:
 
 
 def invoke(*args):
-    return runner.invoke(app, ["predict", *map(str, args)])
+    """`emocli predict ARGS`, without speech recognition unless a test asks for it (tests/test_asr.py does): these
+    tests pin what the model does with and without a transcript."""
+    args = [str(a) for a in args]
+    return runner.invoke(app, ["predict", *args, *([] if "--asr" in args else ["--asr", "off"])])
 
 
 def read_rows(path: Path) -> dict[str, dict]:
@@ -151,7 +154,8 @@ def test_folder_with_sidecar_transcripts_writes_csv_with_every_class(run, inputs
     assert result.stderr == ""
     rows = read_rows(out)
     assert set(rows) == _wav_ids(inputs)  # recursive, ids are paths relative to the folder
-    header = ["id", "file", "text", "label", "audio_only", *[f"p_{c}" for c in CLASSES]]
+    header = ["id", "file", "start", "end", "text", "text_source", "asr_confidence", "label", "audio_only",
+              *[f"p_{c}" for c in CLASSES]]
     assert list(next(iter(rows.values()))) == header
     with_text = {p.relative_to(inputs).with_suffix(".wav").as_posix(): p for p in inputs.rglob("*.txt")}
     assert len(with_text) == N_WITH_TEXT
@@ -161,9 +165,10 @@ def test_folder_with_sidecar_transcripts_writes_csv_with_every_class(run, inputs
         assert p.sum() == pytest.approx(1.0, abs=1e-5) and row["label"] == CLASSES[int(p.argmax())]
         if item_id in with_text:
             assert row["text"] == " ".join(with_text[item_id].read_text(encoding="utf-8").split())
-            assert row["audio_only"] == "False"
+            assert row["audio_only"] == "False" and row["text_source"] == "given"
         else:
-            assert row["text"] == "" and row["audio_only"] == "True"
+            assert row["text"] == "" and row["audio_only"] == "True" and row["text_source"] == "none"
+        assert row["start"] == row["end"] == ""  # short files are whole utterances
     assert f"{len(rows)} prediction(s)" in result.stdout and "p(ang)" in result.stdout  # the table
     assert "(audio only)" in result.stdout
 

@@ -178,7 +178,8 @@ def test_prepare_decodes_or_skips_each_file_with_one_line(audio, tiny_bert_dir, 
 
 def test_predict_decodes_or_skips_each_file_with_one_line(audio, run, tmp_path):
     out = tmp_path / "predictions.csv"
-    result = cli("predict", run, audio, "--output", out)
+    # Whole files only (the ten-minute tone would otherwise be searched for speech): each file decoded or refused.
+    result = cli("predict", run, audio, "--output", out, "--segment", "never", "--asr", "off")
     assert result.exit_code == 1  # some files failed
     no_traceback(result)
     skipped = _skip_lines(result.stderr, "skipped ")
@@ -187,7 +188,11 @@ def test_predict_decodes_or_skips_each_file_with_one_line(audio, run, tmp_path):
         want = "empty file" if name == "empty.wav" else CASES[name][1]
         assert skipped[name].startswith(f"skipped {name}: ") and want in skipped[name], skipped[name]
     assert lines(result.stderr)[-1] == f"{len(SKIPPED)} of {len(CASES)} file(s) could not be predicted"
-    assert len(lines(result.stderr)) == len(SKIPPED) + 1
+    # and the one truncated file is said so, on a line of its own
+    assert [line for line in lines(result.stderr) if "only its first 15 s were classified" in line] == \
+        ["ten_minutes.wav: 600.0 s long: only its first 15 s were classified (--segment auto classifies every "
+         "utterance of it)"]
+    assert len(lines(result.stderr)) == len(SKIPPED) + 2
     with open(out, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(row["id"] for row in rows) == DECODED
@@ -197,7 +202,7 @@ def test_predict_decodes_or_skips_each_file_with_one_line(audio, run, tmp_path):
 
 
 def test_a_single_bad_file_is_refused_by_predict_in_one_line(audio, run):
-    result = cli("predict", run, audio / "nan.wav", "--text", "hello")
+    result = cli("predict", run, audio / "nan.wav", "--text", "hello", "--asr", "off")
     assert result.exit_code == 1
     no_traceback(result)
     assert lines(result.stderr) == ["skipped nan.wav: contains NaN or infinite samples; re-export it as PCM",
