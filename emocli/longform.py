@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -59,28 +59,33 @@ def audio_duration(path: Path) -> float | None:
     return info.frames / info.samplerate if info.samplerate > 0 and info.frames > 0 else None
 
 
-def stream_audio(path: Path, block_s: float = READ_BLOCK_S) -> Iterator[np.ndarray]:
-    """Mono float32 blocks at 16 kHz; the file is never held whole. AudioError for what cannot be decoded, naming
-    where in the file it happened."""
-    import soundfile
+Damage = Callable[[float, float, str], None]  # (from s, to s, why): a stretch that could not be decoded
+
+
+def stream_audio(path: Path, block_s: float = READ_BLOCK_S, on_damage: Damage | None = None) -> Iterator[np.ndarray]:
+    """Mono float32 blocks at 16 kHz; the file is never held whole. A stretch that cannot be decoded is, with
+    `on_damage`, replaced by silence of its length (so later times stay right), reported, and the rest read on;
+    without it, AudioError naming where it happened."""
     import soxr
 
+    handle = _open(path)
+    rate, total = handle.samplerate, handle.frames
+    resampler = soxr.ResampleStream(rate, SAMPLE_RATE_HZ, 1, dtype="float32") if rate != SAMPLE_RATE_HZ else None
+    want, done = max(1, int(block_s * rate)), 0
     try:
-        handle = soundfile.SoundFile(str(path))
-    except Exception as exc:
-        raise AudioError(f"{path}: cannot decode ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") \
-            from None
-    with handle:
-        rate = handle.samplerate
-        resampler = soxr.ResampleStream(rate, SAMPLE_RATE_HZ, 1, dtype="float32") if rate != SAMPLE_RATE_HZ else None
-        done = 0
         while True:
             try:
-                block = handle.read(int(block_s * rate), dtype="float32", always_2d=True)
-            except Exception as exc:
-                raise AudioError(f"{path}: cannot decode after {done / rate:.1f} s ({type(exc).__name__}); the "
-                                 f"audio before it was used") from None
-            last = len(block) < int(block_s * rate)
+                block = handle.read(want, dtype="float32", always_2d=True)
+            except Exception as exc:  # libsndfile's error on a damaged frame
+                if on_damage is None:
+                    raise AudioError(f"{path}: cannot decode after {done / rate:.1f} s ({type(exc).__name__}); the "
+                                     f"audio before it was used") from None
+                handle.close()
+                block = _read_around_damage(path, done, min(want, max(total - done, 0)) or want, rate, on_damage,
+                                            type(exc).__name__)
+                handle = _open(path)
+                handle.seek(min(done + len(block), total))
+            last = len(block) < want or done + len(block) >= total
             done += len(block)
             mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
             if not np.isfinite(mono).all():
@@ -91,6 +96,47 @@ def stream_audio(path: Path, block_s: float = READ_BLOCK_S) -> Iterator[np.ndarr
                 yield np.ascontiguousarray(mono, dtype=np.float32)
             if last:
                 return
+    finally:
+        handle.close()
+
+
+def _open(path: Path):
+    import soundfile
+
+    try:
+        return soundfile.SoundFile(str(path))
+    except Exception as exc:
+        raise AudioError(f"{path}: cannot decode ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") \
+            from None
+
+
+def _read_around_damage(path: Path, start: int, frames: int, rate: int, on_damage: Damage, why: str) -> np.ndarray:
+    """`frames` frames from `start`, a second at a time, each from a freshly opened file (libsndfile does not read on
+    after an error); seconds that still fail become silence and are reported, merged into spans."""
+    pieces, bad_from = [], None
+    channels = None
+    for at in range(start, start + frames, rate):
+        n = min(rate, start + frames - at)
+        try:
+            with _open(path) as handle:
+                handle.seek(at)
+                piece = handle.read(n, dtype="float32", always_2d=True)
+                channels = piece.shape[1]
+            if len(piece) < n:
+                piece = np.concatenate([piece, np.zeros((n - len(piece), piece.shape[1]), np.float32)])
+            if bad_from is not None:
+                on_damage(bad_from / rate, at / rate, why)
+                bad_from = None
+        except AudioError:
+            raise
+        except Exception:
+            piece = None
+            bad_from = at if bad_from is None else bad_from
+        pieces.append(piece if piece is not None else n)
+    if bad_from is not None:
+        on_damage(bad_from / rate, (start + frames) / rate, why)
+    channels = channels or 1
+    return np.concatenate([p if isinstance(p, np.ndarray) else np.zeros((p, channels), np.float32) for p in pieces])
 
 
 class SileroVad:
@@ -214,16 +260,16 @@ class _Cutter:
             self.audio_start += drop
 
 
-def speech_segments(path: Path, config: SegmentConfig = SegmentConfig(), vad: SileroVad | None = None
-                    ) -> Iterator[Segment]:
-    """The utterances of `path`, in order, as they are found; AudioError if it cannot be decoded (after the
-    utterances before the damage were yielded)."""
+def speech_segments(path: Path, config: SegmentConfig = SegmentConfig(), vad: SileroVad | None = None,
+                    on_damage: Damage | None = None) -> Iterator[Segment]:
+    """The utterances of `path`, in order, as they are found. A stretch that cannot be decoded is silence to the VAD
+    and goes to `on_damage`; without it, AudioError (after the utterances before the damage were yielded)."""
     vad = vad or SileroVad.load()
     vad.reset()
     cutter = _Cutter(config)
     pending = np.zeros(0, dtype=np.float32)  # samples not yet in a full VAD window
     index = total = 0
-    for block in stream_audio(path):
+    for block in stream_audio(path, on_damage=on_damage):
         cutter.add_audio(block)
         total += block.size
         pending = np.concatenate([pending, block]) if pending.size else block

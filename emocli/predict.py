@@ -269,15 +269,19 @@ def expand_recordings(items: Iterable[PredictItem], window_s: float, mode: str =
             from emocli.longform import SileroVad
 
             vad = SileroVad.load()
-        found = 0
+        found, damaged = 0, []
         try:
-            for segment in speech_segments(item.path, config, vad):
+            for segment in speech_segments(item.path, config, vad, on_damage=lambda a, b, why: damaged.append(
+                    f"{a:.1f}-{b:.1f} s ({why})")):
                 found += 1
                 yield PredictItem(item.id, item.path, None, audio=segment.audio, start=segment.start, end=segment.end)
         except AudioError as exc:
             yield dataclasses.replace(item, problem=str(exc).removeprefix(f"{item.path}: "))
             continue
-        if not found:
+        if damaged:
+            yield dataclasses.replace(item, problem=f"cannot decode {', '.join(damaged)}: skipped as silence, the "
+                                                    f"rest of the recording was predicted")
+        elif not found:
             yield dataclasses.replace(item, problem="no speech found in it (voice-activity detection heard none: "
                                                     "silence, noise or music)")
 

@@ -282,6 +282,7 @@ class CorpusPlan:
     dialogs: list[_Dialog]
     xx_turns: int
     idless_lines: int
+    speech: "SpeechTable | None" = None  # the spoken words of every labelled turn (speech="espeak")
 
     def turns(self) -> Iterator[_Turn]:
         for d in self.dialogs:
@@ -626,15 +627,14 @@ def plan_corpus(config: SynthConfig) -> CorpusPlan:
     _time_and_name(dialogs, config.mean_seconds, rng)
     turns = [t for d in dialogs for t in d.turns if t.labelled]
     _word_and_rate(dialogs, turns, config, rng)
-    if config.speech == "espeak":
-        _fit_times_to_speech(dialogs, config)
+    speech = _speak_and_time(dialogs, config) if config.speech == "espeak" else None
     for t in _pick(turns, TIME_MISMATCHES, rng):
         if rng.random() < 0.5:
             t.trans_start += 1 if rng.random() < 0.5 or t.start == 0 else -1
         else:
             t.trans_end += 1 if rng.random() < 0.5 else -1
     n_idless = _write_transcripts(dialogs, max(2, round(IDLESS_RATE * total)), rng)
-    return CorpusPlan(config=config, dialogs=dialogs, xx_turns=n_xx, idless_lines=n_idless)
+    return CorpusPlan(config=config, dialogs=dialogs, xx_turns=n_xx, idless_lines=n_idless, speech=speech)
 
 
 def _seat_turns(names: list[str], counts: dict[str, int], rng: np.random.Generator) -> list[_Dialog]:
@@ -1093,57 +1093,81 @@ def spoken_settings(voice: SpokenVoice, p: Prosody):
 SPEECH_TAIL_S = 0.15  # silence after the words
 
 
-def _spoken(t: _Turn, voice: SpokenVoice, seed: int) -> tuple[np.ndarray, np.random.Generator]:
-    """The turn's words as spoken (before placing), and its generator positioned after the prosody draw: the plan
-    (to time the turn) and the renderer (to write it) draw the same prosody from the same per-turn seed."""
-    from emocli.tts import espeak
+class SpeechTable:
+    """Every labelled turn's spoken words (int16, 16 kHz), by turn serial, in an unnamed temporary file: a corpus of
+    hours is never held in memory."""
 
-    rng = np.random.default_rng([seed, 1, t.serial])
+    def __init__(self) -> None:
+        import tempfile
+
+        self._file = tempfile.TemporaryFile()
+        self._spans: dict[int, tuple[int, int]] = {}  # serial -> (sample offset, samples)
+        self._end = 0
+        self._view: np.ndarray | None = None
+
+    def add(self, serial: int, pcm: np.ndarray) -> None:
+        self._file.write(pcm.astype("<i2").tobytes())
+        self._spans[serial] = (self._end, pcm.size)
+        self._end += pcm.size
+
+    def samples(self, serial: int) -> int:
+        return self._spans[serial][1]
+
+    def get(self, serial: int) -> np.ndarray:
+        if self._view is None:
+            self._file.flush()
+            self._view = np.memmap(self._file, dtype="<i2", mode="r", shape=(max(self._end, 1),))
+        start, n = self._spans[serial]
+        return self._view[start:start + n].astype(np.float32) / np.float32(32768.0)
+
+
+def _prosody_of(t: _Turn, seed: int) -> Prosody:
+    rng = np.random.default_rng([seed, 1, t.serial])  # per turn: identical whatever the order
     code = t.code if t.audio_cue else None
-    p = _jittered(STYLES[code], STYLE_JITTER, rng) if code else _jittered(UNINFORMED, UNINFORMED_JITTER, rng)
-    return espeak().speak(t.text, spoken_settings(voice, p)), rng
+    return _jittered(STYLES[code], STYLE_JITTER, rng) if code else _jittered(UNINFORMED, UNINFORMED_JITTER, rng)
 
 
-def _fit_times_to_speech(dialogs: list[_Dialog], config: SynthConfig) -> None:
-    """Spoken turns last as long as their words (plus the longest lead and a tail), not a drawn duration: the
-    turns are laid out again with those lengths, from a generator of their own (the rest of the plan is
-    untouched). The unlabelled turns keep drawn durations."""
+def _speak_and_time(dialogs: list[_Dialog], config: SynthConfig) -> SpeechTable:
+    """Speak every labelled turn (one fresh eSpeak process, plan order: deterministic), then lay the turns out again
+    so each lasts as long as its words plus the longest lead and a tail, from a generator of their own (the rest of
+    the plan is untouched; unlabelled turns keep drawn durations)."""
+    from emocli.tts import speak_in_order
+
     voices = spoken_voices(config.seed)
+    turns = [t for d in dialogs for t in d.turns if t.labelled]
+    table = SpeechTable()
+    jobs = ((t.text, spoken_settings(voices[t.speaker], _prosody_of(t, config.seed))) for t in turns)
+    for t, pcm in zip(turns, speak_in_order(jobs)):
+        table.add(t.serial, pcm)
     rng = np.random.default_rng([config.seed, 5])
     for d in dialogs:
         durations = {}
         for t in d.turns:
             if t.labelled:
-                speech, _ = _spoken(t, voices[t.speaker], config.seed)
-                seconds = speech.size / SAMPLE_RATE_HZ + SPEECH_LEAD_S[1] + SPEECH_TAIL_S
+                seconds = table.samples(t.serial) / SAMPLE_RATE_HZ + SPEECH_LEAD_S[1] + SPEECH_TAIL_S
                 ticks = math.ceil(max(seconds, MIN_UTT_S) * TICKS_PER_S)
                 durations[t.serial] = ticks + 1 if ticks % 5 == 0 else ticks
         _lay_out_times(d.turns, config.mean_seconds, rng, durations)
+    return table
 
 
-def render_spoken(n: int, t: _Turn, voice: SpokenVoice, seed: int) -> np.ndarray:
-    """`n` samples: the turn's text read by `voice` with its prosody (uninformative without an audio cue), placed
-    after a short lead and padded with room noise (the plan made `n` long enough for the words)."""
-    speech, rng = _spoken(t, voice, seed)
-    lead = min(int(rng.uniform(*SPEECH_LEAD_S) * SAMPLE_RATE_HZ), max(0, n - speech.size))
-    x = np.zeros(n, dtype=np.float32)
-    kept = speech[:n - lead]
-    if kept.size < speech.size:  # cut: fade out rather than click
-        fade = min(int(FADE_S * SAMPLE_RATE_HZ), kept.size)
-        kept = kept.copy()
-        kept[kept.size - fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
-    x[lead:lead + kept.size] = kept
-    x += np.float32(NOISE_FLOOR) * _noise(n, rng)
+def render_spoken(n: int, t: _Turn, table: SpeechTable, seed: int) -> np.ndarray:
+    """`n` samples: the turn's spoken words after a short lead, padded with room noise (the plan made `n` long
+    enough for the words)."""
+    rng = np.random.default_rng([seed, 6, t.serial])
+    speech = table.get(t.serial)[:n]
+    lead = min(int(rng.uniform(*SPEECH_LEAD_S) * SAMPLE_RATE_HZ), n - speech.size)
+    x = np.float32(NOISE_FLOOR) * _noise(n, rng)
+    x[lead:lead + speech.size] += speech
     return x
 
 
-def _utterance_wav(t: _Turn, voice: Voice | SpokenVoice, seed: int) -> bytes:
+def _utterance_wav(t: _Turn, voice: Voice | SpeechTable, seed: int) -> bytes:
     n = (t.end - t.start) * SAMPLE_RATE_HZ // TICKS_PER_S
-    rng = np.random.default_rng([seed, 1, t.serial])  # per turn: identical whatever the write order
-    code = t.code if t.audio_cue else None
-    if isinstance(voice, SpokenVoice):
+    if isinstance(voice, SpeechTable):
         return wav_header(n) + _pcm16(render_spoken(n, t, voice, seed))
-    return wav_header(n) + _pcm16(render_speech(n, voice, code, rng))
+    rng = np.random.default_rng([seed, 1, t.serial])  # per turn: identical whatever the write order
+    return wav_header(n) + _pcm16(render_speech(n, voice, t.code if t.audio_cue else None, rng))
 
 
 def _dialog_wav(seed: int, serial: int) -> bytes:
@@ -1315,7 +1339,7 @@ def _emit(sink: _Sink, plan: CorpusPlan) -> None:
     sink.add_file(f"{root}/README.txt", README_TEXT.encode())
     for name, data in _documentation_files().items():
         sink.add_file(f"{root}/Documentation/{name}", data)
-    voices = spoken_voices(cfg.seed) if cfg.speech == "espeak" else speaker_voices(cfg.seed)
+    voices = plan.speech if plan.speech is not None else speaker_voices(cfg.seed)
     for s in SESSIONS:
         dialogs = [d for d in plan.dialogs if d.session == s]
         base = f"{root}/Session{s}"
@@ -1333,7 +1357,7 @@ def _emit(sink: _Sink, plan: CorpusPlan) -> None:
                     sink.add_file(f"{base}/sentences/{kind}/{d.name}/{t.utt_id}.txt", _mocap_text(3).encode())
 
 
-def _sentence_wavs(base: str, dialogs: list[_Dialog], junk: bytes | None, voices: dict[str, Voice | SpokenVoice],
+def _sentence_wavs(base: str, dialogs: list[_Dialog], junk: bytes | None, voices: "dict[str, Voice] | SpeechTable",
                    seed: int) -> Iterator[tuple[str, Callable[[], bytes]]]:
     for d in dialogs:
         folder = f"{base}/sentences/wav/{d.name}"
@@ -1341,7 +1365,8 @@ def _sentence_wavs(base: str, dialogs: list[_Dialog], junk: bytes | None, voices
         if junk and labelled:
             yield f"{folder}/._{labelled[0].utt_id}.wav", partial(bytes, junk)
         for t in labelled:
-            yield f"{folder}/{t.utt_id}.wav", partial(_utterance_wav, t, voices[t.speaker], seed)
+            voice = voices if isinstance(voices, SpeechTable) else voices[t.speaker]
+            yield f"{folder}/{t.utt_id}.wav", partial(_utterance_wav, t, voice, seed)
 
 
 def _rendered_ahead(members: Iterator[tuple[str, Callable[[], bytes]]]) -> Iterator[tuple[str, bytes]]:
@@ -1398,9 +1423,9 @@ def _emit_dialog_folder(sink: _Sink, base: str, dialogs: list[_Dialog], cfg: Syn
 def synthesize(out_dir: Path, config: SynthConfig) -> SynthTruth:
     """Write `out_dir/IEMOCAP_full_release.<fmt>` (or the folder `out_dir/<root_name>` for "dir") and
     `out_dir/synth-truth.json`. The same config gives a byte-identical archive."""
-    plan = plan_corpus(config)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)  # before the plan: a folder that cannot be made fails at once
+    plan = plan_corpus(config)
     with _open_sink(out_dir, config.fmt) as sink:
         _emit(sink, plan)
     archive = out_dir / (config.root_name if config.fmt == "dir" else f"{RELEASE_NAME}{FORMAT_SUFFIX[config.fmt]}")

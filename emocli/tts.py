@@ -2,18 +2,22 @@
 voice data, nothing downloaded): the generated corpus speaks its transcripts, so the recogniser and the pretrained
 speech encoders meet words, not tones.
 
-eSpeak NG is a formant synthesiser: deterministic (the same text, voice and settings give the same samples) and
-~800x faster than real time. Its library keeps global state and is not thread-safe, so every call holds one
-process-wide lock.
+eSpeak NG is a formant synthesiser, ~800x faster than real time. Its library keeps state from one utterance to the
+next that its API cannot reset (the same text renders a few samples differently after different predecessors;
+srand, espeak_ng_SetRandSeed and re-initialising do not help), and it is not thread-safe. So a corpus is rendered by
+`speak_in_order`: one fresh process, the utterances in one fixed order, which makes the result a function of the
+list alone: deterministic for a seed, whoever calls it and whatever ran before.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -73,6 +77,9 @@ class Espeak:
                                              ("volume", settings.volume, VOLUME)):
                 self._lib.espeak_SetParameter(_PARAM[name], int(round(min(max(value, low), high))), 0)
             self._chunks = []
+            # Breath noise draws from a generator espeak_Initialize seeds from the clock: seeded here, with libc's.
+            _libc_srand(_NOISE_SEED)
+            self._lib.espeak_ng_SetRandSeed(_NOISE_SEED)
             status = self._lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             self._lib.espeak_Synchronize()
             chunks, self._chunks = self._chunks, []
@@ -85,6 +92,18 @@ class Espeak:
 
 
 _STARTING = threading.Lock()
+_NOISE_SEED = 1
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c"))
+
+
+def _libc_srand(seed: int) -> None:
+    _libc().srand(ctypes.c_uint(seed))
 
 
 def espeak() -> Espeak:
@@ -115,3 +134,55 @@ def _started() -> Espeak:
     if rate <= 0:
         raise ConfigError(f"eSpeak NG did not start (espeak_Initialize returned {rate}); reinstall espeakng-loader")
     return Espeak(lib, rate)
+
+
+def speak_in_order(jobs: Iterable[tuple[str, SpeechSettings]]) -> Iterator[np.ndarray]:
+    """Each (text, settings) spoken, as int16 at 16 kHz, in order, by a freshly started Python process (see the
+    module's docstring for why); results stream back as they are made.
+
+    A plain subprocess speaking a length-prefixed protocol on its pipes, not multiprocessing: no resource tracker,
+    no semaphores, no re-import of the caller's __main__, and a worker that dies is an error, never a hang."""
+    import subprocess
+    import sys
+
+    payload = json.dumps([[text, asdict(settings)] for text, settings in jobs]).encode()
+    count = len(json.loads(payload))
+    worker = subprocess.Popen([sys.executable, "-c", "from emocli.tts import _serve; _serve()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        worker.stdin.write(payload)  # the worker reads all of it before it writes anything: no deadlock
+        worker.stdin.close()
+        for _ in range(count):
+            header = worker.stdout.read(4)
+            if len(header) < 4:
+                break
+            n = int.from_bytes(header, "little")
+            yield np.frombuffer(worker.stdout.read(2 * n), dtype="<i2")
+        else:
+            if worker.wait() == 0:
+                return
+        worker.wait()
+        reason = (worker.stderr.read().decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise ConfigError(f"the eSpeak NG worker process failed ({reason}); use --speech tones to generate "
+                          f"without it")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        for stream in (worker.stdout, worker.stderr):
+            stream.close()
+
+
+def _serve() -> None:
+    """The worker of `speak_in_order`: jobs as JSON on stdin, (uint32 samples, int16 PCM) per job on stdout."""
+    import sys
+
+    jobs = json.loads(sys.stdin.buffer.read())
+    out = sys.stdout.buffer
+    engine = espeak()
+    for text, settings in jobs:
+        audio = engine.speak(text, SpeechSettings(**settings))
+        pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
+        out.write(pcm.size.to_bytes(4, "little"))
+        out.write(pcm.tobytes())
+    out.flush()
