@@ -44,6 +44,17 @@ class Transcript:
     language: str | None = None
 
 
+def recogniser_identity(config: AsrConfig) -> dict:
+    """What transcripts made with `config` depend on (the weights' sha256 and the decoding), without loading."""
+    from emocli.encoders.whisper import resolve_whisper
+
+    info = resolve_whisper(config.model, config.compute_type)
+    return {"weights_sha256": info.weights_sha256, **config.to_json(), "decoding": _DECODING}
+
+
+_DECODING = "greedy-t0-v1"  # bump when transcribe() decodes differently
+
+
 class Recogniser:
     """A loaded Whisper recogniser; `transcribe` one utterance (16 kHz mono float32) at a time."""
 
@@ -79,7 +90,7 @@ class Recogniser:
 
     def identity(self) -> dict:
         """What a transcript depends on: the weights and the decoding settings."""
-        return {"weights_sha256": self.weights_sha256, **self.config.to_json(), "decoding": "greedy-t0-v1"}
+        return {"weights_sha256": self.weights_sha256, **self.config.to_json(), "decoding": _DECODING}
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         audio = np.ascontiguousarray(audio, dtype=np.float32)

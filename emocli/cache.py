@@ -29,6 +29,7 @@ from emocli.errors import CacheError
 
 FORMAT_VERSION = 1
 _STRING_FIELDS = ("utt_ids", "speakers", "sessions", "texts", "raw_labels", "audio_paths")
+_GOLD_FIELD = "gold_texts"  # only in a cache whose texts were recognised
 _SPEC_CHUNK_FRAMES = 4096
 
 
@@ -95,6 +96,8 @@ class CacheData:
     texts: list[str]
     raw_labels: list[str]
     audio_paths: list[str]
+    # The corpus's own transcripts when `texts` came from speech recognition (prepare --transcripts asr), else None.
+    gold_texts: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.utt_ids)
@@ -160,17 +163,21 @@ def read_cache(path: Path) -> CacheData:
     meta = read_meta(path)
     try:
         with h5py.File(path, "r") as h5:
-            strings = {name: [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in h5[name][()]]
-                       for name in _STRING_FIELDS}
+            strings = {name: [_text(s) for s in h5[name][()]] for name in _STRING_FIELDS}
+            gold = [_text(s) for s in h5[_GOLD_FIELD][()]] if _GOLD_FIELD in h5 else None
             data = CacheData(meta=meta, spec=h5["spec"][()], spec_offsets=h5["spec_offsets"][()],
                              input_ids=h5["input_ids"][()], attention_mask=h5["attention_mask"][()],
-                             labels=h5["labels"][()], durations=h5["durations"][()], **strings)
+                             labels=h5["labels"][()], durations=h5["durations"][()], gold_texts=gold, **strings)
     except Exception as exc:
         raise CacheError(f"{path} is damaged ({type(exc).__name__}: {exc}); rebuild it with `emocli prepare`") from None
     problem = _inconsistency(data)
     if problem:
         raise CacheError(f"{path} is inconsistent ({problem}); rebuild it with `emocli prepare`")
     return data
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _inconsistency(data: CacheData) -> str | None:
@@ -188,7 +195,8 @@ def _inconsistency(data: CacheData) -> str | None:
     if len(data.labels) != n or (n and not (data.labels.min() >= 0 and data.labels.max() < len(classes))):
         return f"labels outside the {len(classes)} classes"
     lengths = {len(x) for x in (data.input_ids, data.attention_mask, data.durations, data.speakers, data.sessions,
-                                data.texts, data.raw_labels, data.audio_paths)}
+                                data.texts, data.raw_labels, data.audio_paths, *([data.gold_texts] if
+                                                                                 data.gold_texts is not None else []))}
     if lengths != {n} or data.input_ids.shape != data.attention_mask.shape:
         return "columns of different lengths"
     if data.input_ids.size and (data.input_ids.min() < 0 or not np.isin(data.attention_mask, (0, 1)).all()):
@@ -230,6 +238,7 @@ class CacheWriter:
         self._n_frames = 0
         self._offsets = [0]
         self._columns: dict[str, list] = {name: [] for name in _STRING_FIELDS}
+        self._gold: list[str] = []
         self._labels: list[int] = []
         self._durations: list[float] = []
         self._ids: list[np.ndarray] = []
@@ -241,8 +250,11 @@ class CacheWriter:
         self._max_tokens = max_tokens
 
     def append(self, utt: Utterance, label: int, spec: np.ndarray, input_ids: np.ndarray,
-               attention_mask: np.ndarray, duration: float) -> None:
-        """Add one utterance; `spec` is (n_mels, T). At most a few MB wait in memory (memory stays flat)."""
+               attention_mask: np.ndarray, duration: float, gold_text: str | None = None) -> None:
+        """Add one utterance; `spec` is (n_mels, T). At most a few MB wait in memory (memory stays flat).
+        `gold_text`: the corpus's transcript when `utt.text` was recognised (then given for every utterance)."""
+        if gold_text is not None:
+            self._gold.append(gold_text)
         frames = spec.shape[1]
         self._pending.append(spec.T.astype(np.float16, copy=False))  # concatenated before writing: no copy needed
         self._pending_frames += frames
@@ -290,6 +302,10 @@ class CacheWriter:
         text = h5py.string_dtype("utf-8")
         for name, values in self._columns.items():
             h5.create_dataset(name, data=np.asarray(values, dtype=object), dtype=text)
+        if self._gold:
+            if len(self._gold) != n:
+                raise ValueError(f"gold transcripts for {len(self._gold)} of {n} utterances")
+            h5.create_dataset(_GOLD_FIELD, data=np.asarray(self._gold, dtype=object), dtype=text)
         digest = fingerprint(inputs)
         h5.attrs["emocli_cache"] = True
         h5.attrs["format_version"] = FORMAT_VERSION

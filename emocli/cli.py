@@ -137,6 +137,11 @@ def prepare(
     max_seconds: float = typer.Option(15.0, "--max-seconds", min=0.5, help="Longer audio is truncated."),
     workers: int = typer.Option(0, "--workers", min=0, help="Feature processes; 0 = one per core."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where archives are unpacked (default: beside the cache)."),
+    transcripts: str = typer.Option("gold", "--transcripts", help="gold: the corpus's transcripts | asr: recognised "
+                                    "from the audio by offline Whisper (for corpora without transcripts, or to "
+                                    "measure gold against recognised text; the gold ones are kept for eval's WER)."),
+    asr_model: str = typer.Option("whisper", "--asr-model", help="With --transcripts asr: whisper (tiny.en) | "
+                                  "whisper-base | a local CTranslate2 Whisper folder."),
     keep_audio: bool = typer.Option(False, "--keep-audio", help="Keep an archive's unpacked audio after the cache is "
                                     "written (default: removed; prepare unpacks again when a new stage needs it)."),
     audio_encoder: Optional[str] = typer.Option(None, "--audio-encoder", help=_AUDIO_ENCODER_HELP + " Computes its "
@@ -156,7 +161,7 @@ def prepare(
     config = PrepareConfig(text_model=text_model, label_set=labels, tags=tags, workers=workers,
                            features=FeatureConfig(n_mels=n_mels, max_seconds=max_seconds),
                            audio_encoder=audio_encoder or "", compute_type=compute_type, device=device,
-                           keep_audio=keep_audio)
+                           keep_audio=keep_audio, transcripts=transcripts, asr_model=asr_model)
     if as_json:
         result = run_prepare(source, cache_path, config, workdir)
         print(json.dumps(result.to_json()))
@@ -360,12 +365,26 @@ def evaluate(
         print(json.dumps(report.to_json()), flush=True)
     else:
         print_eval_report(report)
+        if report.transcripts is not None:
+            _print_transcripts_line(report)
         if report.unfinished:
             err.print(f"[yellow]warning:[/] left out unfinished fold(s): {escape(', '.join(report.unfinished))}",
                       markup=True, highlight=False)
     written = save_report(report, run_dir)
     if not as_json:
         out.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+
+
+def _print_transcripts_line(report) -> None:
+    t = report.transcripts
+    wer = "n/a (no gold words)" if t["wer"] is None else f"{100 * t['wer']:.1f} %"
+    line = f"transcripts recognised from the audio: word error rate {wer} against the corpus's own"
+    if "with_gold" in t:
+        g, m, s = t["with_gold"], report.mean, report.std
+        line += (f"; UA with recognised text {100 * m['ua']:.1f} ± {100 * s['ua']:.1f}, with the gold text "
+                 f"{100 * g['ua']['mean']:.1f} ± {100 * g['ua']['std']:.1f} (WA {100 * m['wa']:.1f} vs "
+                 f"{100 * g['wa']['mean']:.1f})")
+    out.print(line, highlight=False, soft_wrap=True)
 
 
 def print_eval_report(report) -> None:

@@ -105,6 +105,9 @@ class EvalReport:
     std: dict
     cache: Path | None = None  # the other cache, for evaluate_on_cache
     unfinished: list[str] = field(default_factory=list)  # folds left out because they have not finished
+    # For a cache whose texts were recognised (prepare --transcripts asr): the recogniser's word error rate against
+    # the gold transcripts, and the scores the same models reach reading the gold transcripts instead.
+    transcripts: dict | None = None
 
     @property
     def display_names(self) -> list[str]:
@@ -115,7 +118,7 @@ class EvalReport:
                 "cache": str(self.cache) if self.cache is not None else None,
                 "classes": list(self.classes), "display": self.display_names,
                 "mean": self.mean, "std": self.std, "folds": [f.to_json() for f in self.folds],
-                "unfinished": list(self.unfinished)}
+                "unfinished": list(self.unfinished), "transcripts": self.transcripts}
 
 
 def _report(run: bundle.Run, source: str, folds: list[FoldScores], unfinished: list[str],
@@ -210,17 +213,41 @@ def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", bat
         from emocli.embed import ensure_stage
 
         stage = ensure_stage(cache_path, source, data, device=torch_device.type)
-    folds = []
+    folds, gold_folds = [], []
+    recognised = data.gold_texts is not None and run.config.model.uses_text
     for name in finished:
-        model, _, _ = bundle.load_model(run.path, name, str(torch_device))
+        model, _, tokenizer = bundle.load_model(run.path, name, str(torch_device))
         if model.text is not None:
             from emocli.compat import check_token_ids
 
             check_token_ids(data.input_ids, model.text.vocab_size, cache_path)
         probs = predict_cache(model, data, batch_size, torch_device, stage)  # (N, C)
         folds.append(FoldScores.from_labels(name, data.labels, probs.argmax(axis=1), run.config.classes))
+        if recognised:
+            gold = _with_gold_texts(data, tokenizer, run.config.features.max_tokens)
+            probs = predict_cache(model, gold, batch_size, torch_device, stage)
+            gold_folds.append(FoldScores.from_labels(name, data.labels, probs.argmax(axis=1), run.config.classes))
         del model
-    return _report(run, f"cache {cache_path} (whole corpus)", folds, unfinished, cache_path)
+    report = _report(run, f"cache {cache_path} (whole corpus)", folds, unfinished, cache_path)
+    if data.gold_texts is not None:
+        from emocli.asr import corpus_wer
+
+        report.transcripts = {"source": "asr", "recogniser": data.meta.inputs.get("transcripts", {}),
+                              "wer": corpus_wer(data.gold_texts, data.texts)}
+        if gold_folds:
+            gold_mean, gold_std = aggregate_folds(gold_folds, run.config.classes)
+            report.transcripts["with_gold"] = {k: {"mean": gold_mean[k], "std": gold_std[k]} for k in _SCALARS}
+    return report
+
+
+def _with_gold_texts(data: cache.CacheData, tokenizer, max_tokens: int) -> cache.CacheData:
+    """The cache as it would be with the corpus's own transcripts, tokenised as prepare does."""
+    import dataclasses
+
+    from emocli.features import tokenize
+
+    ids, mask = tokenize(tokenizer, list(data.gold_texts), max_tokens)
+    return dataclasses.replace(data, input_ids=ids, attention_mask=mask, texts=list(data.gold_texts))
 
 
 # --------------------------------------------------------------------------------------------- files

@@ -40,6 +40,9 @@ class PrepareConfig:
     device: str = "auto"
     # An archive's unpacked copy is removed once the cache (and stage) are written, unless asked to keep it.
     keep_audio: bool = False
+    # "gold": the corpus's transcripts; "asr": recognised from the audio (the gold ones are kept beside them)
+    transcripts: str = "gold"
+    asr_model: str = "whisper"
 
 
 @dataclass
@@ -126,6 +129,12 @@ def _cache_inputs(source: Path, config: PrepareConfig):
         "reader": {"kind": _source_kind(source), "tags": config.tags},
         "source": source_identity(source, label_set),
     }
+    if config.transcripts == "asr":  # only then: a gold cache keeps the fingerprint it always had
+        from emocli.asr import AsrConfig, recogniser_identity
+
+        inputs["transcripts"] = {"source": "asr", **recogniser_identity(AsrConfig(model=config.asr_model))}
+    elif config.transcripts != "gold":
+        raise CacheError(f"--transcripts {config.transcripts!r} is not one of gold, asr")
     return inputs, text_ref
 
 
@@ -240,6 +249,10 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
     # The map submits its first chunks at once: loading the tokenizer and tokenising overlap the features. Only
     # the tokenizer is read here; the encoder's weights are checked where they are loaded (train, predict).
     results = feature_map(_extract_one, jobs)
+    gold = None
+    if config.transcripts == "asr":  # meanwhile the pool computes the features
+        gold = [u.text for u in utterances]
+        utterances = _recognised(utterances, config, progress)
     ids, masks = tokenize(load_fast_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
     try:
         writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)
@@ -252,7 +265,8 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
                 failed.add(utt.utt_id)
                 report.skip("unreadable audio", f"{utt.utt_id}: {error}")
             else:
-                writer.append(utt, label_set.class_index(utt.label), spec, ids[i], masks[i], duration)
+                writer.append(utt, label_set.class_index(utt.label), spec, ids[i], masks[i], duration,
+                              gold[i] if gold is not None else None)
             if progress:
                 progress("features", i + 1, len(jobs))
         if len(writer) == 0:
@@ -269,6 +283,27 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
         writer.abort()  # KeyboardInterrupt included: never leave a half-written file behind
         raise
     return summary
+
+
+def _recognised(utterances: list, config: PrepareConfig, progress: ProgressCallback | None) -> list:
+    """The utterances with their text recognised from the audio prepare keeps (same truncation); one that cannot
+    be decoded gets no text (its features fail too, and it is skipped with its reason)."""
+    import dataclasses
+
+    from emocli.asr import SAMPLE_RATE_HZ, AsrConfig, Recogniser
+    from emocli.embed import load_utterance_audio
+
+    recogniser = Recogniser.load(AsrConfig(model=config.asr_model))
+    heard = []
+    for i, utt in enumerate(utterances):
+        try:
+            text = recogniser.transcribe(load_utterance_audio(utt.audio_path, config.features, SAMPLE_RATE_HZ)).text
+        except AudioError:
+            text = ""
+        heard.append(dataclasses.replace(utt, text=text))
+        if progress:
+            progress("transcribe", i + 1, len(utterances))
+    return heard
 
 
 def _skipped_line(report: ReadReport) -> str:

@@ -109,8 +109,8 @@ def test_absolute_paths_and_crlf(wavs: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("content, message", [
     ("", "is empty; its first line must name the columns path,text,label"),
     ("\n\n  \n", "is empty"),
-    ("path,label\nwavs/a.wav,neu\n", r"lacks column\(s\) text; its first line must name the columns path,text,label"),
-    ("file;words;emotion\n", r"lacks column\(s\) path, text, label"),
+    ("path,text\nwavs/a.wav,hello\n", r"lacks column\(s\) label; its first line must name the columns path,label"),
+    ("file;words;emotion\n", r"lacks column\(s\) path, label"),
     ("path,text,label\n", "no usable rows in manifest .*: it has no data rows"),
     ("path,text,label\nwavs/nope.wav,x,neu\n",
      r"no usable rows in manifest \S+: the first bad row is line 2: audio file 'wavs/nope.wav' not found; fix"),

@@ -18,11 +18,11 @@ from emocli.corpus.iemocap import IEMOCAP_CODES, decode_text, label_dropped
 from emocli.corpus.records import LabelSet, ReadReport, Utterance
 from emocli.errors import CorpusError
 
-REQUIRED_COLUMNS = ("path", "text", "label")
+REQUIRED_COLUMNS = ("path", "label")  # no text column: recordings without transcripts (prepare --transcripts asr)
 OPTIONAL_COLUMNS = ("speaker", "session", "id")
 UNKNOWN = "unknown"
 BAD_ROW = "bad manifest row"
-_HEADER_HINT = "its first line must name the columns path,text,label (optional: speaker,session,id)"
+_HEADER_HINT = "its first line must name the columns path,label (optional: text,speaker,session,id)"
 
 
 def read_manifest(path: Path, label_set: LabelSet) -> ReadReport:
