@@ -239,3 +239,56 @@ def test_a_timeline_never_replaces_a_png_emocli_did_not_write(run, long_recordin
     result = cli("predict", run, path, "--plot", plots, "--max-seconds", 5, "--asr", "off")
     assert result.exit_code == 1 and "not a timeline emocli wrote" in result.stderr
     assert (plots / "session.wav.timeline.png").read_bytes().endswith(b"someone else's picture")
+
+
+# --------------------------------------------------------------------------------------------- gold against recognised
+
+
+def test_a_cache_of_recognised_transcripts_keeps_the_gold_and_eval_compares_them(run, spoken, tiny_bert_dir, tmp_path):
+    from emocli import cache
+    from emocli.features import FeatureConfig
+    from emocli.prepare import PrepareConfig, prepare
+    from test_train import MAX_TOKENS, N_MELS
+
+    features = FeatureConfig(n_mels=N_MELS, max_tokens=MAX_TOKENS)
+    gold = prepare(spoken.archive, tmp_path / "gold.h5", PrepareConfig(text_model=str(tiny_bert_dir),
+                                                                        features=features, workers=1))
+    asr = prepare(spoken.archive, tmp_path / "asr.h5", PrepareConfig(text_model=str(tiny_bert_dir), features=features,
+                                                                      workers=1, transcripts="asr"))
+    assert asr.fingerprint != gold.fingerprint
+    gold_data, asr_data = cache.read_cache(tmp_path / "gold.h5"), cache.read_cache(tmp_path / "asr.h5")
+    assert gold_data.gold_texts is None and "transcripts" not in gold_data.meta.inputs  # gold caches unchanged
+    assert asr_data.gold_texts == gold_data.texts and asr_data.utt_ids == gold_data.utt_ids
+    assert asr_data.texts != gold_data.texts and corpus_wer(asr_data.gold_texts, asr_data.texts) < 0.5
+    assert asr_data.meta.inputs["transcripts"]["source"] == "asr"
+
+    result = cli("eval", run, "--cache", tmp_path / "asr.h5", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    transcripts = report["transcripts"]
+    assert transcripts["wer"] == pytest.approx(corpus_wer(asr_data.gold_texts, asr_data.texts))
+    with_gold = cli("eval", run, "--cache", tmp_path / "gold.h5", "--json")
+    gold_report = json.loads(with_gold.stdout)
+    # the gold-text scores of the recognised cache are exactly the gold cache's scores
+    assert transcripts["with_gold"]["ua"]["mean"] == pytest.approx(gold_report["mean"]["ua"])
+    assert gold_report["transcripts"] is None
+    shown = cli("eval", run, "--cache", tmp_path / "asr.h5")
+    assert "word error rate" in shown.stdout and "with the gold text" in shown.stdout
+
+
+def test_a_manifest_without_transcripts_is_prepared_with_recognised_text(spoken, tiny_bert_dir, tmp_path):
+    from emocli import cache
+
+    manifest = tmp_path / "m.csv"
+    ids = sorted(spoken.codes)[:8]
+    with open(manifest, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows([(wav_of(spoken, u), {"exc": "hap"}.get(spoken.codes[u], spoken.codes[u])) for u in ids
+                          if spoken.codes[u] in ("ang", "hap", "exc", "sad", "neu")])
+    result = cli("prepare", manifest, "--cache", tmp_path / "c.h5", "--text-model", tiny_bert_dir, "--n-mels", 64,
+                 "--workers", 1, "--transcripts", "asr")
+    assert result.exit_code == 0, result.stderr
+    data = cache.read_cache(tmp_path / "c.h5")
+    assert all(data.texts) and data.gold_texts == [""] * len(data)
+    assert cli("prepare", manifest, "--cache", tmp_path / "d.h5", "--transcripts", "ocr").exit_code == 1

@@ -107,7 +107,7 @@ def test_absolute_paths_and_crlf(wavs: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content, message", [
-    ("", "is empty; its first line must name the columns path,text,label"),
+    ("", "is empty; its first line must name the columns path,label"),
     ("\n\n  \n", "is empty"),
     ("path,text\nwavs/a.wav,hello\n", r"lacks column\(s\) label; its first line must name the columns path,label"),
     ("file;words;emotion\n", r"lacks column\(s\) path, label"),

@@ -1,6 +1,6 @@
 """Your own corpus as a CSV or TSV manifest -> `Utterance` records.
 
-Header `path,text,label` plus optional `speaker`, `session`, `id`. Paths are relative to the manifest's
+Header `path,label` plus optional `text` (none: recordings without transcripts), `speaker`, `session`, `id`. Paths are relative to the manifest's
 folder. A label may be a corpus code (`exc`, mapped by the label set), a class (`hap`) or its display name
 (`happy`). Bad rows are skipped with one line naming the row's line number; a file that cannot be a
 manifest at all is an error.
