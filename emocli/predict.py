@@ -42,6 +42,9 @@ OUTPUT_SUFFIXES = (".csv", ".jsonl")
 # every spectrogram in memory (a 128 x 1500 float32 log-mel is 0.75 MB).
 FEATURE_CHUNK_BATCHES = 8
 
+# Utterances cut from a long recording carry their audio: at most this much of it is held at once (40 MB).
+CHUNK_AUDIO_SAMPLES = 10 * 60 * 16_000
+
 FeatureMap = Callable[[Callable, Iterable], Iterable]  # `map`, or a process pool's ordered imap
 
 
@@ -361,12 +364,16 @@ class Predictor:
                 feature_map: FeatureMap = map) -> Iterator[Prediction | Failure]:
         """Features are computed by `feature_map` (a process pool for folders), the model runs per batch. `items`
         is consumed a chunk at a time: the utterances of a 2-hour recording are never all in memory."""
-        import itertools
-
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, not {batch_size}")
-        chunk, items = batch_size * FEATURE_CHUNK_BATCHES, iter(items)
-        while block := list(itertools.islice(items, chunk)):
+        chunk, block, held = batch_size * FEATURE_CHUNK_BATCHES, [], 0
+        for item in items:
+            block.append(item)
+            held += 0 if item.audio is None else item.audio.size
+            if len(block) >= chunk or held >= CHUNK_AUDIO_SAMPLES:
+                yield from self._predict_chunk(block, batch_size, feature_map)
+                block, held = [], 0
+        if block:
             yield from self._predict_chunk(block, batch_size, feature_map)
 
     def _predict_chunk(self, items: list[PredictItem], batch_size: int,
