@@ -440,6 +440,7 @@ class Sandbox:
         self.bg: dict = {}
         self.cleanups: list[Callable] = []
         self.notes: list[str] = []
+        self.reported_temps: set = set()
         # Decoys every scenario carries: nothing may touch them.
         self.decoy("decoy.txt", b"precious notes\n")
         self.decoy("decoy.h5", b"\x89HDF\r\n\x1a\n not really, but someone's file")
@@ -692,7 +693,8 @@ def _finish(sb: Sandbox, step: Step, proc: subprocess.Popen, out_path: Path, err
     # command of the scenario still runs in the background they may be its own, so they are judged at the end.
     busy = any(p.poll() is None for p, *_r in sb.bg.values())
     if not step.temps_ok and not busy:
-        temps = find_temporaries(sb.dir)
+        temps = [t for t in find_temporaries(sb.dir) if t not in sb.reported_temps]
+        sb.reported_temps.update(temps)
         if temps:
             result.reasons.append(f"leftover temporaries: {', '.join(show(t, 120) for t in temps[:4])}")
             result.temps = temps
@@ -761,7 +763,7 @@ def run_scenario(index: int, sc: Scenario, base: Path, fx: Fixtures, nobody_ok: 
             if extra:
                 outcome.reasons += extra
         if not any(s.temps_ok for s in steps[-1:]):
-            final_temps = [t for t in find_temporaries(scen_dir) if not any(t in r.temps for r in results)]
+            final_temps = [t for t in find_temporaries(scen_dir) if t not in sb.reported_temps]
             if final_temps:
                 outcome.reasons.append(f"leftover temporaries at the end: {', '.join(show(t, 120) for t in final_temps[:4])}")
                 outcome.temps += final_temps
@@ -802,8 +804,8 @@ def run_scenario(index: int, sc: Scenario, base: Path, fx: Fixtures, nobody_ok: 
         prior = before.get(rel)
         if prior == entry or (prior is not None and entry[0] == "dir"):
             continue
-        if matches(rel, allowed):
-            continue
+        if matches(rel, allowed) or any(p.search(Path(rel).name) for p in TEMP_PATTERNS):
+            continue  # leftover temporaries are counted as such
         outcome.outside.append((rel, entry[3]))
     if outcome.lost:
         outcome.reasons.append(f"files lost or corrupted: {', '.join(show(x, 100) for x in outcome.lost[:4])}")
@@ -1828,7 +1830,7 @@ scenario("SIGHUP to prepare's group 0.3 s into writing features, rerun", "16-sig
     _signal_prepare(signal.SIGHUP, ("exists", "sb/.cache.h5.tmp-*", 0.3), "group"))
 
 
-def _prepare_sweep(signum, target, offsets):
+def _prepare_sweep(signum, target, offsets, timeout=30.0):
     """The same prepare, signalled at several offsets after its temporary cache appears (each into a cache of its
     own, so every run has work to interrupt): wherever the signal lands, one line, 128 + N, nothing left over."""
     def build(sb):
@@ -1836,7 +1838,7 @@ def _prepare_sweep(signum, target, offsets):
         steps = []
         for i, offset in enumerate(offsets):
             steps.append(Step(prep(TGZ, f"c{i}.h5"), "signal", label=f"at+{offset:.2f}s", done_marker="cache written",
-                              signal=(signum, ("exists", f"sb/.c{i}.h5.tmp-*", offset), target)))
+                              signal=(signum, ("exists", f"sb/.c{i}.h5.tmp-*", offset), target), timeout=timeout))
         steps.append(Step(prep(TGZ, "c0.h5"), "ok", label="rerun"))
         return steps
     return build
@@ -1845,8 +1847,12 @@ def _prepare_sweep(signum, target, offsets):
 SWEEP = (0.0, 0.02, 0.06, 0.12, 0.2, 0.28, 0.36, 0.45, 0.55)
 scenario("SIGTERM sweep over prepare's feature stage (9 offsets)", "16-signals",
          allowed=["sb/c*.h5", "sb/c*.h5.lock", "sb/.emocli-work/**"])(_prepare_sweep(signal.SIGTERM, "pid", SWEEP))
-scenario("SIGHUP sweep over prepare's feature stage, to the group (9 offsets)", "16-signals",
-         allowed=["sb/c*.h5", "sb/c*.h5.lock", "sb/.emocli-work/**"])(_prepare_sweep(signal.SIGHUP, "group", SWEEP))
+scenario("SIGINT (Ctrl-C) sweep over prepare's feature stage, to the group (5 offsets)", "16-signals",
+         allowed=["sb/c*.h5", "sb/c*.h5.lock", "sb/.emocli-work/**"])(
+    _prepare_sweep(signal.SIGINT, "group", (0.0, 0.05, 0.15, 0.3, 0.45)))
+scenario("SIGHUP sweep over prepare's feature stage, to the group (4 offsets)", "16-signals",
+         allowed=["sb/c*.h5", "sb/c*.h5.lock", "sb/.emocli-work/**"])(
+    _prepare_sweep(signal.SIGHUP, "group", (0.0, 0.1, 0.25, 0.4)))
 
 
 @scenario("SIGTERM sweep over train (6 offsets from start)", "16-signals", allowed=["sb/r*/**"])
@@ -1855,7 +1861,7 @@ def _(sb):
     steps = []
     for i, delay in enumerate((1.5, 2.5, 3.5, 4.5, 5.5, 6.5)):
         steps.append(Step(_train_args(f"r{i}", epochs=6), "signal", label=f"at{delay:.1f}s", done_marker="mean ± std",
-                          signal=(signal.SIGTERM, ("delay", delay), "pid")))
+                          signal=(signal.SIGTERM, ("delay", delay), "pid"), timeout=60))
     steps.append(Step(_train_args("r0", epochs=6), "ok", label="rerun"))
     return steps
 

@@ -23,6 +23,9 @@ from emocli.errors import ConfigError, EncoderError
 SAMPLE_RATE_HZ = 16_000
 DEFAULT_ASR_MODEL = "whisper"  # Whisper tiny.en int8: 6x real time on one core for English speech
 ASR_MODES = ("auto", "off")
+TOKENS_PER_SECOND = 8.0  # fast speech is ~4 words (~5-6 tokens) a second
+MIN_TOKENS = 8
+MAX_TOKENS = 220  # Whisper's decoder holds 448 positions, half of them for the prompt
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def recogniser_identity(config: AsrConfig) -> dict:
     return {"weights_sha256": info.weights_sha256, **config.to_json(), "decoding": _DECODING}
 
 
-_DECODING = "greedy-t0-v1"  # bump when transcribe() decodes differently
+_DECODING = "greedy-t0-v2"  # bump when transcribe() decodes differently
 
 
 class Recogniser:
@@ -99,9 +102,13 @@ class Recogniser:
         if audio.size < SAMPLE_RATE_HZ // 10 or not np.any(audio):
             return Transcript("", None)
         language = self.config.language or ("en" if self.english_only else None)
+        # Greedy decoding can loop ("see how we can see how we can ..." on speech in another language): no one
+        # speaks more than ~8 tokens a second, so the output is capped at that (and at Whisper's own limit).
+        max_tokens = int(min(MAX_TOKENS, MIN_TOKENS + TOKENS_PER_SECOND * audio.size / SAMPLE_RATE_HZ))
         segments, info = self._model.transcribe(
             audio, language=language, beam_size=self.config.beam_size, temperature=0.0,
-            condition_on_previous_text=False, without_timestamps=True, vad_filter=False, word_timestamps=False)
+            condition_on_previous_text=False, without_timestamps=True, vad_filter=False, word_timestamps=False,
+            max_new_tokens=max_tokens)
         texts, logprob_sum, tokens = [], 0.0, 0
         for segment in segments:  # a generator: decoding happens here
             texts.append(segment.text.strip())
