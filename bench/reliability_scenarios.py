@@ -188,6 +188,24 @@ def group_alive(pgid: int) -> list[int]:
     return alive
 
 
+def describe_group(pgid: int) -> str:
+    """What the processes of a hung command are doing: state and kernel wait channel of each."""
+    parts = []
+    for entry in sorted(os.listdir("/proc"), key=lambda e: (len(e), e)):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+            wchan = Path(f"/proc/{entry}/wchan").read_text().strip() or "-"
+        except OSError:
+            continue
+        rest = text[text.rindex(")") + 2:].split()
+        if int(rest[2]) == pgid:
+            role = "main" if int(entry) == pgid else "child"
+            parts.append(f"{role} {rest[0]}" + (f" in {wchan}" if rest[0] != "Z" else " (zombie)"))
+    return ", ".join(parts) or "no process left"
+
+
 _HASHES: dict = {}
 
 
@@ -658,7 +676,7 @@ def _finish(sb: Sandbox, step: Step, proc: subprocess.Popen, out_path: Path, err
         ended_at = time.monotonic()
     except subprocess.TimeoutExpired:
         ended_at = None
-        reasons.append(f"timed out after {timeout:.0f} s (hang)")
+        reasons.append(f"timed out after {timeout:.0f} s (hang: {describe_group(proc.pid)})")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     seconds = time.monotonic() - started
@@ -1405,7 +1423,8 @@ def _bad_train_option(*extra):
     def build(sb):
         sb.cache()
         return [Step(["train", "cache.h5", "--run", "r", *TRAIN_SMALL, *extra], "error",
-                     check=lambda s, r: [] if not s.p("r").exists() else ["run folder created before refusing"])]
+                     check=lambda s, r: ([] if not s.p("r").exists() else ["run folder created before refusing"])
+                     + _finite_weights("r")(s, r))]
     return build
 
 
@@ -1415,6 +1434,31 @@ for _opt in (("--lr", "inf"), ("--gamma", "inf"), ("--lr", "nan"), ("--lr", "-1"
              ("--val-fraction", "1.0"), ("--val-fraction", "nan")):
     scenario(f"train {' '.join(_opt)}", "9-nonfinite", allowed=["sb/r/**", "sb/cache.h5.lock"])(
         _bad_train_option(*_opt))
+
+
+def _finite_weights(run_rel: str) -> Callable:
+    """A run that says it trained must hold finite weights (a NaN model would predict one class for everything)."""
+    def check(sb, result):
+        if result.rc != 0:
+            return []
+        import numpy as np
+        from safetensors.numpy import load_file
+
+        bad = []
+        for path in sorted(sb.p(run_rel).glob("folds/*/model.safetensors")):
+            tensors = load_file(str(path))
+            n = sum(int((~np.isfinite(v)).sum()) for v in tensors.values() if v.dtype.kind == "f")
+            if n:
+                bad.append(f"{path.parent.name}: {n} non-finite weights")
+        return [f"exit 0 but the saved model is not finite ({'; '.join(bad[:2])})"] if bad else []
+    return check
+
+
+@scenario("train --lr 1e30 (finite, explodes in its only epoch)", "9-nonfinite", allowed=["sb/r/**"])
+def _(sb):
+    sb.cache()
+    args = ["train", "cache.h5", "--run", "r", *TRAIN_SMALL]
+    return [Step(args + ["--lr", "1e30"], "either", check=_finite_weights("r"))]
 
 
 # ---------------------------------------------------------------------------------------------- 10: modes kept
@@ -1808,7 +1852,7 @@ def _signal_prepare(signum, trigger, target):
     def build(sb):
         sb.corpus("big")
         args = prep(TGZ)
-        return [Step(args, "signal", signal=(signum, trigger, target), label="interrupted"),
+        return [Step(args, "signal", signal=(signum, trigger, target), label="interrupted", timeout=45),
                 Step(args, "ok", label="rerun",
                      check=lambda s, r: [] if s.p("cache.h5").is_file() else ["no cache after the rerun"])]
     return build
@@ -1879,7 +1923,7 @@ def _signal_train(signum, target):
     def build(sb):
         sb.cache()
         args = _train_args(epochs=6)
-        return [Step(args, "signal", label="interrupted", signal=(
+        return [Step(args, "signal", label="interrupted", timeout=60, signal=(
                     signum, ("exists", "sb/run2/folds/loso-Ses01/checkpoint/checkpoint.safetensors"), target)),
                 Step(args, "ok", label="rerun")]
     return build
@@ -1891,11 +1935,15 @@ scenario("SIGHUP to train's group after its first checkpoint, rerun", "16-signal
     _signal_train(signal.SIGHUP, "group"))
 
 
-@scenario("SIGTERM to predict --output 2 s after start", "16-signals", allowed=["sb/p.csv"])
+@scenario("SIGTERM to predict --output of 60 files, 2.5 s after start", "16-signals", allowed=["sb/p.csv"])
 def _(sb):
     sb.run()
     sb.clips()
-    return [Step(["predict", "run", "in", "--output", "p.csv"], "signal", signal=(signal.SIGTERM, ("delay", 2.0), "pid"))]
+    for i in range(15):
+        for clip in "abcd":
+            shutil.copy2(sb.p(f"in/{clip}.wav"), sb.p(f"in/{clip}{i:02d}.wav"))
+    return [Step(["predict", "run", "in", "--output", "p.csv"], "signal", timeout=60,
+                 signal=(signal.SIGTERM, ("delay", 2.5), "pid"))]
 
 
 @scenario("SIGTERM to eval 1.5 s after start", "16-signals", allowed=EVAL_OUT, owned=EVAL_OUT)

@@ -21,6 +21,9 @@ def create_temporary(path: Path) -> Path:
     """Create the temporary sibling of `path` ourselves, empty, with the mode `path` has (or a new file's):
     O_EXCL and O_NOFOLLOW, so a file or symlink planted under that name is never written through; a leftover of
     ours (same name, e.g. a reused pid) is removed first, which removes a planted link, never what it points to."""
+    if Path(path).is_symlink():  # a link planted where an output goes: replacing it would not be ours to do
+        raise EmocliError(f"{path} is a symbolic link; emocli never writes over links it did not make — remove "
+                          f"it, or write elsewhere")
     tmp = temporary_name(path)
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)

@@ -140,7 +140,15 @@ def _atomic_save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | N
     write_bytes_atomic(path, blob)
 
 
+def _refuse_link(path: Path) -> None:
+    """A run folder holds only files emocli wrote: a symbolic link in it (to anywhere) is never followed."""
+    if Path(path).is_symlink():
+        raise CheckpointError(f"{path} is a symbolic link; a run folder holds only files emocli wrote — the run was "
+                              f"tampered with: retrain into a new --run")
+
+
 def _read_json(path: Path):
+    _refuse_link(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -151,6 +159,7 @@ def _read_json(path: Path):
 
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     """The records of a JSON-lines file, each an object holding `required`; CheckpointError for anything else."""
+    _refuse_link(path)
     try:
         records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, ValueError, RecursionError) as exc:
@@ -174,6 +183,7 @@ def load_tensors(path: Path) -> tuple[dict, dict[str, str]]:
     from safetensors import safe_open
 
     path = Path(path)
+    _refuse_link(path)
     if not path.is_file():
         _refuse_pickles(path.parent, path)
         raise CheckpointError(f"{path} is missing; the run is incomplete — rerun `emocli train` on it")

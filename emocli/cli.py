@@ -40,7 +40,7 @@ def one_line(text: object) -> str:
 # What the user's filesystem does to any command (a read-only or full disk, a missing permission, a file where a
 # folder should be): the user's to fix, so one line and exit 1 wherever it surfaces, not an internal error.
 _FILESYSTEM_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
-                      errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENFILE}
+                      errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENFILE, errno.EEXIST}
 
 
 def filesystem_error_line(exc: OSError) -> str | None:
@@ -52,6 +52,7 @@ def filesystem_error_line(exc: OSError) -> str | None:
               errno.EMFILE: "raise the open-file limit (ulimit -n)", errno.ENFILE: "raise the open-file limit",
               errno.ENOTDIR: "a part of that path is a file, not a folder; choose another path",
               errno.EISDIR: "it is a folder; give a file path",
+              errno.EEXIST: "something else is in the way there (a file where a folder goes?); choose another path",
               errno.ENAMETOOLONG: "choose a shorter path"}.get(exc.errno, "check its permissions or choose another path")
     return f"cannot use {where}: {exc.strerror or exc}; {advice} (nothing already written was changed)"
 
@@ -587,6 +588,27 @@ def _terminate(signum, frame) -> None:
     raise Terminated(signum)
 
 
+def _run_app() -> int:
+    """The CLI, with click's usage errors (an unknown option, a value out of range) as one `error:` line and exit 1,
+    like every other error a user can cause; exit 2 stays for bugs."""
+    from typer._click import exceptions as click_errors  # typer's own copy of click (not the click package)
+
+    try:
+        code = app(standalone_mode=False)
+    except KeyboardInterrupt:  # before a command's own handler is in place (while arguments are parsed)
+        err.print("interrupted", highlight=False)
+        return 130
+    except click_errors.NoArgsIsHelpError as exc:  # `emocli` alone: the help, as click shows it
+        exc.show()
+        return exc.exit_code
+    except click_errors.ClickException as exc:
+        where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "emocli"
+        err.print(f"[bold red]error:[/] {escape(one_line(exc.format_message()))} (see `{escape(where)} --help`)",
+                  markup=True, highlight=False, soft_wrap=True)
+        return 1
+    return code if isinstance(code, int) else 0
+
+
 def main() -> None:
     import signal
 
@@ -594,7 +616,7 @@ def main() -> None:
         if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is signal.SIG_DFL:
             signal.signal(getattr(signal, name), _terminate)
     try:
-        app()
+        sys.exit(_run_app())
     except SystemExit as done:
         if done.code in (0, None) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # A torchrun rank whose work is done and written leaves without the interpreter's teardown: on a loaded

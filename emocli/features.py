@@ -15,6 +15,8 @@ import multiprocessing
 import os
 import signal
 import struct
+import threading
+import time
 from dataclasses import asdict, dataclass
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
@@ -373,9 +375,46 @@ def parallel_map(n_items: int | None = None, workers: int = 0, chunksize: int = 
     try:
         executor.submit(int)  # the executor forks on its first submit: every worker starts (and warms up) now
         yield lambda fn, jobs: _windowed_map(executor, fn, list(jobs), chunksize, window, slots)
-    finally:
+    except BaseException:
+        # Interrupted (Ctrl-C, a signal to the whole process group that also killed workers) or failed: never wait
+        # on the executor. CPython 3.11's manager thread can die on a cancelled future of a broken pool
+        # (InvalidStateError) and leave shutdown(wait=True) blocked forever; the workers are stopped here instead.
+        _stop_workers(executor)
+        raise
+    else:
         executor.shutdown(wait=True, cancel_futures=True)
+    finally:
         slots.close()
+
+
+_SETTLE_S = 5.0  # how long an interrupted map waits for chunks already running
+
+
+def _quiet_broken_pool(args) -> None:
+    """CPython 3.11's executor manager thread dies with InvalidStateError when a pool whose workers were killed
+    still holds a cancelled future; the interruption is reported by the command itself, so that thread's
+    traceback is not printed over it."""
+    if args.exc_type is concurrent.futures.InvalidStateError and "cancelled" in str(args.exc_value).lower():
+        return
+    _PREVIOUS_THREAD_HOOK(args)
+
+
+_PREVIOUS_THREAD_HOOK = threading.excepthook
+threading.excepthook = _quiet_broken_pool
+
+
+def _stop_workers(executor: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
 
 
 class _SharedSlots:
@@ -459,8 +498,10 @@ def _drain(pending: collections.deque, chunks: Iterator, submit, shared: _Shared
         if shared is not None:  # chunks still running may write into the slots: wait for them before reuse
             for future, _ in pending:
                 future.cancel()
-            concurrent.futures.wait([future for future, _ in pending])
-            shared.busy = False
+            # Bounded: when the workers were killed (a signal to the whole process group) these futures may never
+            # settle. Slots that may still be written are then simply never handed out again.
+            _, running = concurrent.futures.wait([future for future, _ in pending], timeout=_SETTLE_S)
+            shared.busy = bool(running)
 
 
 def _apply(fn, chunk: list) -> list:

@@ -84,8 +84,9 @@ class TrainConfig:
             (0 < self.lr < float("inf"), f"lr must be a positive finite number, not {self.lr}"),
             (self.step_size >= 1, f"step_size must be at least 1, not {self.step_size}"),
             (0 < self.gamma < float("inf"), f"gamma must be a positive finite number, not {self.gamma}"),
-            (self.weight_decay >= 0, f"weight_decay must be non-negative, not {self.weight_decay}"),
-            (self.audio_lr >= 0, f"audio_lr must be non-negative, not {self.audio_lr}"),
+            (0 <= self.weight_decay < float("inf"), f"weight_decay must be a non-negative finite number, not "
+                                                     f"{self.weight_decay}"),
+            (0 <= self.audio_lr < float("inf"), f"audio_lr must be a non-negative finite number, not {self.audio_lr}"),
             (self.seed >= 0, f"seed must be non-negative, not {self.seed}"),
             (self.device in ("auto", "cpu", "cuda"), f"device {self.device!r} is not one of auto, cpu, cuda"),
             (self.precision in ("auto", "fp32", "bf16"),

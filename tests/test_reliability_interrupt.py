@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -277,6 +278,22 @@ def test_sigterm_and_sighup_of_prepare_clean_up_as_ctrl_c_does(corpus, driver, t
     assert temporaries(tmp_path) == []
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_to_the_whole_group_while_workers_extract_ends_cleanly(corpus, driver, tiny_bert_dir, older_cache,
+                                                                        tmp_path, signum):
+    """SIGTERM or SIGHUP to every process of the group (a batch system, a closed terminal) kills the feature workers
+    too: the parent used to wait forever on their futures (and CPython's executor printed a traceback); it stops,
+    says one line, and leaves nothing behind."""
+    target = tmp_path / "c.h5"
+    target.write_bytes(older_cache)
+    returncode, out, err = _signal_stopped(driver, "features-pool", 2, _args(corpus, target, tiny_bert_dir, 2),
+                                           lambda pid: os.killpg(pid, signum))
+    assert returncode == 128 + signum and out == ""
+    assert lines(err) == ["interrupted; nothing already written was changed"], err
+    assert target.read_bytes() == older_cache
+    assert temporaries(tmp_path) == []
+
+
 def _sigint_disposition(_) -> bool:
     return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
@@ -402,3 +419,36 @@ def test_full_disk_while_eval_or_predict_write_keeps_the_previous_output(train_r
         assert full.calls == 1 and full.before == before
         assert_refused(result, f"cannot write {target}: No space left on device", "intact")
         assert target.read_bytes() == before and temporaries(tmp_path) == []
+
+
+def _slow_square(x: int) -> int:
+    time.sleep(0.2)
+    return x * x
+
+
+def test_an_interrupted_map_whose_workers_were_killed_returns_at_once():
+    """Interrupted while its feature workers can no longer finish their chunks (a signal to the whole process group
+    killed them; here they are frozen, which leaves their futures unsettled in the same way), the parent must not
+    wait on them: it used to wait forever."""
+    import multiprocessing
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with parallel_map(400, workers=2, chunksize=4) as feature_map:
+            results = feature_map(_slow_square, range(400))
+            assert next(iter(results)) == 0
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGSTOP)
+
+            def interrupt(signum, frame):
+                raise KeyboardInterrupt
+
+            previous = signal.signal(signal.SIGALRM, interrupt)
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0.05)  # lands inside the wait for the next chunk
+                list(results)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - started < 20
+    assert not multiprocessing.active_children()  # the frozen workers were stopped, not left behind
