@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emocli.atomic import create_temporary, file_lock, fsync_dir
+from emocli.atomic import create_temporary, temporary_name, file_lock, fsync_dir
 from emocli.corpus.records import Utterance
 from emocli.errors import CacheError
 
@@ -233,8 +233,13 @@ class CacheWriter:
         import h5py
 
         self.path = Path(path)
-        self.tmp_path = create_temporary(self.path)  # ours, never a planted link; the target's mode
-        self._h5 = h5py.File(self.tmp_path, "w")
+        self.tmp_path = temporary_name(self.path)  # named first: a signal at any point below leaves nothing
+        try:
+            create_temporary(self.path)  # ours, never a planted link; the target's mode
+            self._h5 = h5py.File(self.tmp_path, "w")
+        except BaseException:
+            self.tmp_path.unlink(missing_ok=True)
+            raise
         self._n_frames = 0
         self._offsets = [0]
         self._columns: dict[str, list] = {name: [] for name in _STRING_FIELDS}
@@ -402,8 +407,13 @@ class StageWriter:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = create_temporary(self.path)  # ours, never a planted link; the target's mode
-        self._h5 = h5py.File(self.tmp_path, "w")
+        self.tmp_path = temporary_name(self.path)  # named first: a signal at any point below leaves nothing
+        try:
+            create_temporary(self.path)  # ours, never a planted link; the target's mode
+            self._h5 = h5py.File(self.tmp_path, "w")
+        except BaseException:
+            self.tmp_path.unlink(missing_ok=True)
+            raise
         chunk_frames = max(1, (1 << 20) // (2 * int(np.prod(frame_shape))))  # ~1 MB chunks
         self._frames = self._h5.create_dataset("frames", shape=(0, *frame_shape), maxshape=(None, *frame_shape),
                                                dtype=np.float16, chunks=(chunk_frames, *frame_shape))

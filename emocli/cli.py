@@ -57,22 +57,33 @@ def filesystem_error_line(exc: OSError) -> str | None:
     return f"cannot use {where}: {exc.strerror or exc}; {advice} (nothing already written was changed)"
 
 
+def _interrupted(signum: int) -> None:
+    err.print("interrupted; nothing already written was changed", highlight=False)
+    raise typer.Exit(128 + signum) from None
+
+
 def handles_errors(command: Callable) -> Callable:
     """EmocliError -> one line on stderr and exit 1; Ctrl-C -> exit 130; never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from emocli import signals
+
+        signum = None
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
         except EmocliError as exc:
+            if signals.received is not None:  # the failure came from the interruption (a killed worker pool)
+                _interrupted(signals.received)
             err.print(f"[bold red]error:[/] {escape(one_line(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
-            err.print("interrupted; nothing already written was changed", highlight=False)
-            raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
+            _interrupted(getattr(exc, "signum", 2))
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug of ours: still one line, with a way to see the traceback
+            if signals.received is not None:  # e.g. a half-imported module after a signal landed in an import
+                _interrupted(signals.received)
             line = filesystem_error_line(exc) if isinstance(exc, OSError) else None
             if line is not None:
                 err.print(f"[bold red]error:[/] {escape(one_line(line))}", markup=True, highlight=False,
@@ -83,6 +94,12 @@ def handles_errors(command: Callable) -> Callable:
             err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(one_line(exc))} (rerun with "
                       f"EMOCLI_DEBUG=1 for the traceback and report it)", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        finally:
+            signum, signals.received = signals.received, None  # reported once (tests run many commands per process)
+        if signum is not None:  # its exception was swallowed on the way (raised in a GC callback)
+            err.print("interrupted after the work was done; everything was written", highlight=False)
+            raise typer.Exit(128 + signum)
+        return result
 
     return wrapper
 
@@ -576,18 +593,6 @@ def _print_predictions(predictions, classes, show: int) -> None:
     out.print(table)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the program stands so that every cleanup Ctrl-C gets runs for them too."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated(signum)
-
-
 def _run_app() -> int:
     """The CLI, with click's usage errors (an unknown option, a value out of range) as one `error:` line and exit 1,
     like every other error a user can cause; exit 2 stays for bugs."""
@@ -610,11 +615,9 @@ def _run_app() -> int:
 
 
 def main() -> None:
-    import signal
+    from emocli import signals
 
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is signal.SIG_DFL:
-            signal.signal(getattr(signal, name), _terminate)
+    signals.install()
     try:
         sys.exit(_run_app())
     except SystemExit as done:

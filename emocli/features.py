@@ -486,7 +486,15 @@ def _drain(pending: collections.deque, chunks: Iterator, submit, shared: _Shared
     try:
         while pending:
             future, slot = pending.popleft()
-            results = future.result()
+            try:
+                results = future.result()
+            except concurrent.futures.process.BrokenProcessPool:
+                from emocli import signals
+                from emocli.errors import EmocliError
+
+                signals.raise_if_received()  # killed with us by a signal to the whole group
+                raise EmocliError("a feature worker process died (killed from outside, or out of memory?); nothing "
+                                  "was written — run the command again") from None
             if slot is not None:  # copied out before the slot is handed to the next chunk
                 view = shared.view(slot)
                 results = [_from_slot(r, view) for r in results]
