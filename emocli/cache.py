@@ -234,11 +234,14 @@ class CacheWriter:
 
         self.path = Path(path)
         self.tmp_path = temporary_name(self.path)  # named first: a signal at any point below leaves nothing
+        self._h5 = None
         try:
             create_temporary(self.path)  # ours, never a planted link; the target's mode
             self._h5 = h5py.File(self.tmp_path, "w")
+            self._spec = self._h5.create_dataset("spec", shape=(0, n_mels), maxshape=(None, n_mels),
+                                                 dtype=np.float16, chunks=(_SPEC_CHUNK_FRAMES, n_mels))
         except BaseException:
-            self.tmp_path.unlink(missing_ok=True)
+            self.abort()
             raise
         self._n_frames = 0
         self._offsets = [0]
@@ -248,8 +251,6 @@ class CacheWriter:
         self._durations: list[float] = []
         self._ids: list[np.ndarray] = []
         self._masks: list[np.ndarray] = []
-        self._spec = self._h5.create_dataset("spec", shape=(0, n_mels), maxshape=(None, n_mels), dtype=np.float16,
-                                             chunks=(_SPEC_CHUNK_FRAMES, n_mels))
         self._pending: list[np.ndarray] = []  # spectrograms not yet on disk, flushed in large blocks
         self._pending_frames = 0
         self._max_tokens = max_tokens
@@ -408,15 +409,17 @@ class StageWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_path = temporary_name(self.path)  # named first: a signal at any point below leaves nothing
+        self._h5 = None
+        chunk_frames = max(1, (1 << 20) // (2 * int(np.prod(frame_shape))))  # ~1 MB chunks
         try:
             create_temporary(self.path)  # ours, never a planted link; the target's mode
             self._h5 = h5py.File(self.tmp_path, "w")
+            self._frames = self._h5.create_dataset("frames", shape=(0, *frame_shape),
+                                                   maxshape=(None, *frame_shape), dtype=np.float16,
+                                                   chunks=(chunk_frames, *frame_shape))
         except BaseException:
-            self.tmp_path.unlink(missing_ok=True)
+            self.abort()
             raise
-        chunk_frames = max(1, (1 << 20) // (2 * int(np.prod(frame_shape))))  # ~1 MB chunks
-        self._frames = self._h5.create_dataset("frames", shape=(0, *frame_shape), maxshape=(None, *frame_shape),
-                                               dtype=np.float16, chunks=(chunk_frames, *frame_shape))
         self._offsets = [0]
         self._ids: list[str] = []
         self._pending: list[np.ndarray] = []

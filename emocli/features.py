@@ -492,7 +492,10 @@ def _drain(pending: collections.deque, chunks: Iterator, submit, shared: _Shared
                 from emocli import signals
                 from emocli.errors import EmocliError
 
-                signals.raise_if_received()  # killed with us by a signal to the whole group
+                # Killed with us by a signal to the whole group? Its handler here runs at the next bytecodes.
+                for _ in range(20):
+                    signals.raise_if_received()
+                    time.sleep(0.05)
                 raise EmocliError("a feature worker process died (killed from outside, or out of memory?); nothing "
                                   "was written — run the command again") from None
             if slot is not None:  # copied out before the slot is handed to the next chunk
@@ -566,9 +569,10 @@ def _init_worker() -> None:
     """One BLAS/FFT thread per worker: the pool already uses every core. Ctrl-C (SIGINT to the whole process group)
     is the parent's to handle: it stops the pool, while an interrupted worker would print its own traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for name in ("SIGTERM", "SIGHUP"):  # the parent's handlers (cleanup, one line) are not the worker's business
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    if hasattr(signal, "SIGHUP"):  # a closed terminal hangs up the whole group: also the parent's to handle
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if hasattr(signal, "SIGTERM"):  # the parent's handler (cleanup, one line) is not the worker's business
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
     keep_freed_memory()
     os.environ["OMP_NUM_THREADS"] = "1"

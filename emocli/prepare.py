@@ -254,11 +254,12 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
         gold = [u.text for u in utterances]
         utterances = _recognised(utterances, config, progress)
     ids, masks = tokenize(load_fast_tokenizer(text_ref), [u.text for u in utterances], config.features.max_tokens)
+    writer = None
     try:
-        writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)
-    except OSError as exc:
-        raise CacheError(f"cannot create the cache beside {cache_path}: {exc.strerror or exc}") from None
-    try:
+        try:
+            writer = cache.CacheWriter(cache_path, config.features.n_mels, config.features.max_tokens)
+        except OSError as exc:
+            raise CacheError(f"cannot create the cache beside {cache_path}: {exc.strerror or exc}") from None
         for i, (spec, duration, error) in enumerate(results):
             utt = utterances[i]
             if error is not None:
@@ -280,7 +281,8 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
         raise CacheError(f"cannot write the cache {cache_path}: {exc.strerror or exc}; the previous cache, "
                          f"if any, is intact") from None
     except BaseException:
-        writer.abort()  # KeyboardInterrupt included: never leave a half-written file behind
+        if writer is not None:
+            writer.abort()  # KeyboardInterrupt included: never leave a half-written file behind
         raise
     return summary
 

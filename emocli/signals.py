@@ -8,6 +8,8 @@ then finishes, or fails in a way the interruption caused, is still reported as i
 from __future__ import annotations
 
 import signal
+import sys
+import warnings
 
 received: int | None = None  # the termination signal this process got, if any
 
@@ -23,13 +25,30 @@ class Terminated(KeyboardInterrupt):
 def _terminate(signum, frame) -> None:
     global received
     received = signum
+    # From here on the command only stops: warnings from half-done work (a module whose import was cut short
+    # being imported again) are noise beside the one line that says it was interrupted.
+    warnings.simplefilter("ignore")
     raise Terminated(signum)
 
 
+def _unraisable(unraisable) -> None:
+    """Python prints an exception raised where it cannot propagate (a GC callback) as "Exception ignored in"; for
+    our own Terminated that is recorded in `received` and reported once, so it is not printed."""
+    if isinstance(unraisable.exc_value, Terminated):
+        return
+    _previous_unraisable(unraisable)
+
+
+_previous_unraisable = sys.unraisablehook
+
+
 def install() -> None:
-    """Handle SIGTERM and SIGHUP (where not ignored by whoever started us, e.g. nohup)."""
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is signal.SIG_DFL:
+    """Handle SIGINT, SIGTERM and SIGHUP (where not ignored by whoever started us, e.g. nohup). SIGINT's
+    default handler is Python's own (not SIG_DFL): it is replaced as well."""
+    sys.unraisablehook = _unraisable
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # SIGINT too: recorded, so a swallowed Ctrl-C is still seen
+        current = signal.getsignal(getattr(signal, name)) if hasattr(signal, name) else signal.SIG_IGN
+        if current is signal.SIG_DFL or current is signal.default_int_handler:
             signal.signal(getattr(signal, name), _terminate)
 
 

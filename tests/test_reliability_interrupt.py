@@ -295,12 +295,12 @@ def test_a_signal_to_the_whole_group_while_workers_extract_ends_cleanly(corpus, 
 
 
 def _sigint_disposition(_) -> bool:
-    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
 
 
 def test_feature_workers_leave_ctrl_c_to_the_parent():
-    """A terminal's Ctrl-C reaches every process of the group: workers that took it would each print a
-    KeyboardInterrupt traceback. They ignore it; the parent stops the pool and prints its one line."""
+    """A terminal's Ctrl-C (or its hang-up) reaches every process of the group: workers that took it would each
+    print a traceback or die under the parent. They ignore both; the parent stops the pool and prints its one line."""
     with parallel_map(16, workers=2) as feature_map:
         assert all(feature_map(_sigint_disposition, range(16)))
 

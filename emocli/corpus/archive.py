@@ -199,7 +199,11 @@ def remove_extraction(workdir: Path, key: str) -> bool:
                 doomed = workdir / f"extract-{key}.removing"
                 shutil.rmtree(doomed, ignore_errors=True)
                 os.replace(final, doomed)
-                shutil.rmtree(doomed, ignore_errors=True)
+                try:
+                    shutil.rmtree(doomed, ignore_errors=True)
+                except BaseException:  # interrupted (Ctrl-C, SIGTERM): finish removing what was started first
+                    shutil.rmtree(doomed, ignore_errors=True)
+                    raise
     except LockBusy:
         return False
     except OSError:  # a read-only work folder: the copy stays, which costs disk but loses nothing
