@@ -20,6 +20,20 @@ from emocli.errors import EmocliError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Speech emotion recognition from audio and transcript (BERT + ModifiedAlexNet fusion).")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from emocli import __version__
+
+        print(f"emocli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print emocli's version and exit.")) -> None:
+    """Speech emotion recognition from audio and transcript (BERT + ModifiedAlexNet fusion)."""
 # Piped output (CI logs, `make demo | tee`) gets room for the wide tables instead of rich's 80 columns.
 _PIPED_WIDTH = 120
 # No markup by default: file names, transcripts and ids are printed as they are ("[/]" in a transcript is text,

@@ -357,3 +357,23 @@ def _as_nobody_in(base: Path, archive: Path, tiny_bert_dir: Path) -> None:
         errors = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 1 and len(errors) == 1 and words in errors[0], (result.returncode, errors)
     assert list(ro.iterdir()) == []
+
+
+def test_version_and_usage_errors_through_the_real_entry_point():
+    """`python -m emocli` as a user runs it: --version, and click's usage errors as one line with exit 1."""
+    import subprocess
+    import sys
+
+    from emocli import __version__
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "emocli", *args], capture_output=True, text=True)
+
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"emocli {__version__}"
+    for args, words in [(("train", "x.h5", "--epochs", "0"), "--epochs"), (("nosuch",), "No such command"),
+                        (("prepare", "x.csv", "--max-seconds", "nan"), "--max-seconds"), (("predict",), "Missing")]:
+        result = run(*args)
+        errors = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1 and len(errors) == 1 and errors[0].startswith("error:"), (args, result.stderr)
+        assert words in errors[0] and "--help" in errors[0]
