@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 import os
 import stat
 from pathlib import Path
@@ -82,8 +85,14 @@ class LockBusy(Exception):
 
 @contextlib.contextmanager
 def file_lock(lock_path: Path, wait: bool = True, shared: bool = False) -> Iterator[None]:
-    """An flock on `lock_path`, exclusive or shared: the OS drops it when its holder dies, kill -9 included."""
+    """An flock on `lock_path`, exclusive or shared: the OS drops it when its holder dies, kill -9 included.
+    Where there is no fcntl (Windows) the `filelock` package's lock is used, exclusive even when `shared` is asked
+    (readers then take turns, which is slower but never unsafe)."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        with _portable_lock(lock_path, wait):
+            yield
+        return
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     with open(lock_path, "a+") as handle:
         try:
@@ -94,3 +103,18 @@ def file_lock(lock_path: Path, wait: bool = True, shared: bool = False) -> Itera
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _portable_lock(lock_path: Path, wait: bool) -> Iterator[None]:
+    import filelock
+
+    lock = filelock.FileLock(str(lock_path), timeout=-1 if wait else 0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise LockBusy(str(lock_path)) from None
+    try:
+        yield
+    finally:
+        lock.release()

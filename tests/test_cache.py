@@ -84,3 +84,17 @@ def test_stale_temporaries_removed(tmp_path):
     with cache.build_lock(path):
         removed = cache.remove_stale_temporaries(path)
     assert [p.name for p in removed] == [".c.h5.tmp-99999"] and not (tmp_path / ".c.h5.tmp-99999").exists()
+
+
+def test_the_file_lock_works_without_fcntl(tmp_path, monkeypatch):
+    """Where fcntl does not exist (Windows) the filelock package's lock takes over: still mutual exclusion."""
+    from emocli import atomic
+
+    monkeypatch.setattr(atomic, "fcntl", None)
+    lock = tmp_path / "x.lock"
+    with atomic.file_lock(lock):
+        with pytest.raises(atomic.LockBusy):
+            with atomic.file_lock(lock, wait=False):
+                pass
+    with atomic.file_lock(lock, wait=False):  # free again
+        pass
