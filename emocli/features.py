@@ -413,8 +413,8 @@ def _stop_workers(executor: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
-            process.kill()
-            process.join(1.0)
+            process.kill()  # also ends a stopped (SIGSTOP) worker, which SIGTERM cannot
+            process.join(5.0)
 
 
 class _SharedSlots:
