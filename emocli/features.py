@@ -406,6 +406,14 @@ threading.excepthook = _quiet_broken_pool
 def _stop_workers(executor: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
     processes = list((getattr(executor, "_processes", None) or {}).values())
     executor.shutdown(wait=False, cancel_futures=True)
+    # concurrent.futures wakes every executor's manager thread at interpreter exit through a pipe this shutdown may
+    # already have closed ("Exception ignored … Bad file descriptor" printed after our one line): this executor is
+    # done, so it is taken off that list.
+    import concurrent.futures.process as executor_internals
+
+    manager = getattr(executor, "_executor_manager_thread", None)
+    if manager is not None:
+        getattr(executor_internals, "_threads_wakeups", {}).pop(manager, None)
     for process in processes:
         if process.is_alive():
             process.terminate()
