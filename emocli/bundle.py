@@ -392,10 +392,31 @@ def create_or_open_run(run_dir: Path, config: RunConfig, text_model_dir: Path | 
 def open_run(run_dir: Path) -> Run:
     """An existing run, for eval and predict."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is a file, not a run folder; pass the folder `emocli train --run` made")
     if not run_dir.is_dir():
         raise CheckpointError(f"no run at {run_dir}; train one with `emocli train --run {run_dir}`")
     config_file = run_dir / "config.json"
+    if not config_file.exists() and not config_file.is_symlink():
+        runs = sorted(child.name for child in _subfolders(run_dir) if _is_run_config(child / "config.json"))
+        if runs:
+            shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+            raise CheckpointError(f"{run_dir} is not a run but a folder of runs ({shown}); pass one of them")
     return Run(run_dir, RunConfig.from_json(_read_json(config_file), config_file))
+
+
+def _is_run_config(path: Path) -> bool:
+    try:
+        return path.is_file() and not path.is_symlink() and json.loads(path.read_text(encoding="utf-8")).get(_MARKER) is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [child for child in folder.iterdir() if child.is_dir() and not child.is_symlink()]
+    except OSError:
+        return []
 
 
 # --------------------------------------------------------------------------------------------- model state

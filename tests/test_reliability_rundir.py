@@ -268,9 +268,9 @@ def test_damaged_run_is_refused_in_one_line_or_not_needed(trained, clip, tmp_pat
 
 def test_run_path_that_is_a_file_or_missing(clip, trained, tmp_path):
     (tmp_path / "run").write_text("not a folder")
-    for target in (tmp_path / "run", tmp_path / "nowhere"):
-        assert_refused(cli("eval", target), "no run at")
-        assert_refused(cli("predict", target, clip), "no run at")
+    for target, words in ((tmp_path / "run", "is a file, not a run folder"), (tmp_path / "nowhere", "no run at")):
+        assert_refused(cli("eval", target), words)
+        assert_refused(cli("predict", target, clip), words)
 
 
 def test_a_pickle_given_as_the_cache_to_eval_is_refused_unloaded(trained, tmp_path):
@@ -280,3 +280,21 @@ def test_a_pickle_given_as_the_cache_to_eval_is_refused_unloaded(trained, tmp_pa
     other.write_bytes(_pickle(marker))
     assert_refused(cli("eval", run, "--cache", other, "--device", "cpu"), "is not a readable emocli cache")
     assert not marker.exists()
+
+
+def test_a_parent_folder_or_a_file_is_said_to_be_no_run(tmp_path):
+    from test_reliability_common import assert_refused, cli
+
+    import json
+
+    from emocli.bundle import _MARKER
+
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.json").write_text(json.dumps({_MARKER: True}))
+    (runs / "tensorboard").mkdir()
+    (runs / "tensorboard" / "config.json").write_text("{}")  # not a run: not listed
+    assert_refused(cli("eval", runs), "is not a run but a folder of runs (a, b)", "pass one of them")
+    (tmp_path / "notes.txt").write_text("x")
+    assert_refused(cli("eval", tmp_path / "notes.txt"), "is a file, not a run folder")
