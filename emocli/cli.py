@@ -507,6 +507,8 @@ def predict(
     fold: Optional[str] = typer.Option(None, "--fold", help="Which fold's model (default: the run's first)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     show: int = typer.Option(50, "--show", min=0, help="Rows of the table printed (all go to --output)."),
+    as_json: bool = typer.Option(False, "--json", help="Print every prediction as one JSON object per line (JSON "
+                                 "lines) instead of the tables; problems still go to stderr."),
 ) -> None:
     """Predict emotions for one recording (with --text) or a folder of recordings; long recordings become a
     timeline of utterances."""
@@ -547,17 +549,24 @@ def predict(
                 predictions.append(result)
     if output is not None:  # even when every file failed: an older file must not stay looking current
         write_predictions(predictions, predictor.classes, output)
-    _print_predictions(predictions, predictor.classes, show)
+    # With --json, stdout holds nothing but the JSON lines: what was written is said on stderr.
+    said = err if as_json else out
+    if as_json:
+        for p in predictions:
+            print(json.dumps(p.to_json(), ensure_ascii=False), flush=False)
+        sys.stdout.flush()
+    else:
+        _print_predictions(predictions, predictor.classes, show)
     timelines = _timelines(predictions)
-    if timelines:
+    if timelines and not as_json:
         _print_timeline_summary(timelines, predictor.classes)
     if plot is not None and timelines:
         from emocli.plots import write_timelines
 
         for path in write_timelines(timelines, predictor.classes, plot):
-            out.print(f"wrote {path}", highlight=False)
+            said.print(f"wrote {path}", highlight=False)
     if output is not None:
-        out.print(f"wrote {len(predictions)} predictions to {output}", highlight=False)
+        said.print(f"wrote {len(predictions)} predictions to {output}", highlight=False)
     if failed:
         err.print(f"{len(failed)} of {len(items)} file(s) could not be predicted", highlight=False)
         raise typer.Exit(1)

@@ -585,3 +585,13 @@ def test_transcript_ids_match_file_names_in_either_unicode_form(run, tmp_path, i
     assert invoke(run, folder, "--transcripts", table, "--output", out).exit_code == 0
     (row,) = read_rows(out).values()
     assert row["text"] == "I am so angry" and row["audio_only"] is False
+
+
+def test_json_lines_on_stdout_equal_the_jsonl_output(run, inputs, tmp_path):
+    """`predict --json`: one JSON object per file on stdout and nothing else there; the same records as --output."""
+    out = tmp_path / "p.jsonl"
+    result = invoke(run, inputs, "--json", "--output", out)
+    assert result.exit_code == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert printed == [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(printed) == len(_wav_ids(inputs)) and "wrote" in result.stderr
