@@ -91,10 +91,6 @@ class Recogniser:
             raise EncoderError(f"cannot load {folder} for speech recognition ({reason})") from None
         return cls(model, info.name, info.weights_sha256, not model.model.is_multilingual, config)
 
-    def identity(self) -> dict:
-        """What a transcript depends on: the weights and the decoding settings."""
-        return {"weights_sha256": self.weights_sha256, **self.config.to_json(), "decoding": _DECODING}
-
     def transcribe(self, audio: np.ndarray) -> Transcript:
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         if audio.ndim != 1:

@@ -118,3 +118,16 @@ def _portable_lock(lock_path: Path, wait: bool) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def check_folder(folder: Path, option: str, given: Path, writable: bool) -> None:
+    """One line, before any work, when `folder` cannot be a folder (it, or a folder above it, is a file) or, when
+    something is to be written there, when the nearest existing folder is not writable."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise EmocliError(f"{option} {given}: {part} is a file, not a folder; choose another path")
+            if writable and not os.access(part, os.W_OK | os.X_OK):
+                raise EmocliError(f"{option} {given}: folder {part} is not writable; make it writable or choose "
+                                  f"another path")
+            return

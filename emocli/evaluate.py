@@ -213,7 +213,7 @@ def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", bat
         from emocli.embed import ensure_stage
 
         stage = ensure_stage(cache_path, source, data, device=torch_device.type)
-    folds, gold_folds = [], []
+    folds, gold_folds, gold = [], [], None
     recognised = data.gold_texts is not None and run.config.model.uses_text
     for name in finished:
         model, _, tokenizer = bundle.load_model(run.path, name, str(torch_device))
@@ -224,7 +224,8 @@ def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", bat
         probs = predict_cache(model, data, batch_size, torch_device, stage)  # (N, C)
         folds.append(FoldScores.from_labels(name, data.labels, probs.argmax(axis=1), run.config.classes))
         if recognised:
-            gold = _with_gold_texts(data, tokenizer, run.config.features.max_tokens)
+            if gold is None:  # every fold reads with the run's one tokenizer: tokenised once
+                gold = _with_gold_texts(data, tokenizer, run.config.features.max_tokens)
             probs = predict_cache(model, gold, batch_size, torch_device, stage)
             gold_folds.append(FoldScores.from_labels(name, data.labels, probs.argmax(axis=1), run.config.classes))
         del model

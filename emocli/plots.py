@@ -7,7 +7,7 @@ import io
 import re
 from pathlib import Path
 
-from emocli.atomic import write_bytes_atomic
+from emocli.atomic import check_folder, write_bytes_atomic
 from emocli.errors import ConfigError
 
 _MAKER = "emocli"
@@ -16,14 +16,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def check_plot_folder(folder: Path) -> None:
     """Fail before any work when `folder` cannot hold the timelines."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--plot {folder} is a file; give a folder for the timelines")
-    for part in folder.parents:
-        if part.exists():
-            if not part.is_dir():
-                raise ConfigError(f"--plot {folder}: {part} is a file, not a folder")
-            break
+    check_folder(Path(folder), "--plot", Path(folder), writable=False)
 
 
 def timeline_file_name(item_id: str) -> str:

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from emocli import cache
+from emocli.atomic import check_folder
 from emocli.corpus.records import LabelSet, ReadReport, get_label_set
 from emocli.errors import AudioError, CacheError, CorpusError
 from emocli.features import FeatureConfig, audio_features, parallel_map, to_float16, tokenize
@@ -81,8 +82,8 @@ def prepare(source: Path, cache_path: Path, config: PrepareConfig = PrepareConfi
         raise CacheError(f"--max-seconds {config.features.max_seconds} must be a finite number of seconds")
     workdir = Path(workdir) if workdir else cache_path.parent / ".emocli-work"
     archive = _source_kind(source) == "iemocap" and source.is_file()
-    _check_folder(cache_path.parent, "--cache", cache_path, writable=False)
-    _check_folder(workdir, "--workdir", workdir, writable=False)
+    check_folder(cache_path.parent, "--cache", cache_path, writable=False)
+    check_folder(workdir, "--workdir", workdir, writable=False)
     inputs, text_ref = _cache_inputs(source, config)
     digest = cache.fingerprint(inputs)
     hit = _cache_hit(cache_path, digest)
@@ -95,9 +96,9 @@ def prepare(source: Path, cache_path: Path, config: PrepareConfig = PrepareConfi
             result.stage = ensure_stage(cache_path, upstream, device=config.device).path
         result.seconds = time.perf_counter() - started
         return result
-    _check_folder(cache_path.parent, "--cache", cache_path, writable=True)
+    check_folder(cache_path.parent, "--cache", cache_path, writable=True)
     if archive:
-        _check_folder(workdir, "--workdir", workdir, writable=True)
+        check_folder(workdir, "--workdir", workdir, writable=True)
     with _archive_in_use(source if archive else None, workdir, remove_after=not config.keep_audio):
         result = _prepare_cache(source, cache_path, config, workdir, inputs, text_ref, progress)
         if upstream is not None:
@@ -198,19 +199,6 @@ def source_identity(source: Path, label_set: LabelSet | None = None) -> dict:
     listing = [(str(p)[prefix:], s.st_size, s.st_mtime_ns) for p in source_files(source) for s in [os.stat(p)]]
     return {"path": str(source), "files": len(listing),
             "listing_sha256": hashlib.sha256(json.dumps(sorted(listing)).encode()).hexdigest()}
-
-
-def _check_folder(folder: Path, option: str, given: Path, writable: bool) -> None:
-    """One line, before any work, when `folder` cannot be a folder (it, or a folder above it, is a file) or, when
-    something is to be written there, when the nearest existing folder is not writable."""
-    for part in (folder, *folder.parents):
-        if part.exists():
-            if not part.is_dir():
-                raise CacheError(f"{option} {given}: {part} is a file, not a folder; choose another path")
-            if writable and not os.access(part, os.W_OK | os.X_OK):
-                raise CacheError(f"{option} {given}: folder {part} is not writable; make it writable or choose "
-                                 f"another path")
-            return
 
 
 def _refuse_foreign_target(source: Path, cache_path: Path) -> None:

@@ -264,30 +264,19 @@ def test_ctrl_c_of_prepare_is_one_line_exit_130_and_cleans_up(corpus, driver, ti
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("to, point, nth, workers", [("process", "commit", 1, 1), ("group", "features-pool", 2, 2)],
+                         ids=["to-the-process", "to-the-group"])
 def test_sigterm_and_sighup_of_prepare_clean_up_as_ctrl_c_does(corpus, driver, tiny_bert_dir, older_cache, tmp_path,
-                                                                signum):
-    """A batch system's SIGTERM or a closed terminal's SIGHUP, to the main process: the temporary cache is removed,
-    one line, exit 128 + the signal (issue 13, item 16: they used to end the command silently, temporaries left)."""
+                                                                signum, to, point, nth, workers):
+    """A batch system's SIGTERM or a closed terminal's SIGHUP: the temporary cache is removed, one line, exit 128 + the
+    signal (issue 13, item 16: they used to end the command silently, temporaries left). Sent to the whole group it
+    also reaches the feature workers: the parent used to wait forever on their futures (and CPython's executor
+    printed a traceback); it stops, says one line, and leaves nothing behind."""
     target = tmp_path / "c.h5"
     target.write_bytes(older_cache)
-    returncode, out, err = _signal_stopped(driver, "commit", 1, _args(corpus, target, tiny_bert_dir, 1),
-                                           lambda pid: os.kill(pid, signum))
-    assert returncode == 128 + signum and out == ""
-    assert lines(err) == ["interrupted; nothing already written was changed"], err
-    assert target.read_bytes() == older_cache
-    assert temporaries(tmp_path) == []
-
-
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_a_signal_to_the_whole_group_while_workers_extract_ends_cleanly(corpus, driver, tiny_bert_dir, older_cache,
-                                                                        tmp_path, signum):
-    """SIGTERM or SIGHUP to every process of the group (a batch system, a closed terminal) kills the feature workers
-    too: the parent used to wait forever on their futures (and CPython's executor printed a traceback); it stops,
-    says one line, and leaves nothing behind."""
-    target = tmp_path / "c.h5"
-    target.write_bytes(older_cache)
-    returncode, out, err = _signal_stopped(driver, "features-pool", 2, _args(corpus, target, tiny_bert_dir, 2),
-                                           lambda pid: os.killpg(pid, signum))
+    send = os.kill if to == "process" else os.killpg
+    returncode, out, err = _signal_stopped(driver, point, nth, _args(corpus, target, tiny_bert_dir, workers),
+                                           lambda pid: send(pid, signum))
     assert returncode == 128 + signum and out == ""
     assert lines(err) == ["interrupted; nothing already written was changed"], err
     assert target.read_bytes() == older_cache
