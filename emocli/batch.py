@@ -100,11 +100,12 @@ class ModelInputs:
     labels: torch.Tensor | None  # (N,) int64; None when predicting
     host_text_widths: np.ndarray | None = None  # (N,) tokens per transcript, on the host
     text_embeds: torch.Tensor | None = None  # (N, H) or (N, L, H) once precomputed for a frozen encoder
+    dimensions: torch.Tensor | None = None  # (N, 3) valence, arousal, dominance targets (NaN: unknown)
 
     @classmethod
     def build(cls, audio: Ragged | None, input_ids: np.ndarray | None, attention_mask: np.ndarray | None,
               texts_present: np.ndarray | None, labels: np.ndarray | None,
-              device: torch.device = torch.device("cpu")) -> "ModelInputs":
+              device: torch.device = torch.device("cpu"), dimensions: np.ndarray | None = None) -> "ModelInputs":
         home = device if device.type == "cuda" and _fits_on(device, audio) else torch.device("cpu")
         text = input_ids is not None
         return cls(
@@ -113,7 +114,9 @@ class ModelInputs:
             attention_mask=torch.from_numpy(attention_mask.astype(np.int64)).to(home) if text else None,
             text_present=torch.from_numpy(np.asarray(texts_present, dtype=bool)).to(home) if text else None,
             labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(home) if labels is not None else None,
-            host_text_widths=np.asarray(attention_mask, dtype=np.int64).sum(axis=1) if text else None)
+            host_text_widths=np.asarray(attention_mask, dtype=np.int64).sum(axis=1) if text else None,
+            dimensions=torch.from_numpy(np.asarray(dimensions, dtype=np.float32)).to(home)
+            if dimensions is not None else None)
 
     def __len__(self) -> int:
         for part in (self.labels, self.text_present):
@@ -122,7 +125,8 @@ class ModelInputs:
         return len(self.audio.lengths)
 
     def batch(self, indices: np.ndarray, device: torch.device) -> tuple[dict, torch.Tensor | None]:
-        """(model keyword arguments, labels or None) for the utterances `indices`, on `device`."""
+        """(model keyword arguments, labels or None) for the utterances `indices`, on `device`; the dimensional
+        targets, when there are any, travel in the keyword arguments (`dimension_targets`)."""
         indices = np.asarray(indices, dtype=np.int64)
         home = (self.audio.values if self.audio is not None else self.input_ids).device
         idx = torch.from_numpy(indices).to(home)
@@ -143,6 +147,8 @@ class ModelInputs:
             else:
                 kwargs["input_ids"] = self.input_ids[idx][:, :width].to(device)
                 kwargs["attention_mask"] = mask
+        if self.dimensions is not None:
+            kwargs["dimension_targets"] = self.dimensions[idx].to(device)  # (B, 3)
         labels = self.labels[idx].to(device) if self.labels is not None else None
         return kwargs, labels
 
@@ -165,9 +171,10 @@ def inputs_from_cache(data, model_config, stage=None, labels: bool = True,
     arrays = audio_arrays(data, model_config, stage)
     text = model_config.uses_text
     present = np.array([bool(t.strip()) for t in data.texts], dtype=bool) if text else None
+    dimensions = data.dimensions if labels and model_config.predicts_dimensions else None
     return ModelInputs.build(Ragged.from_arrays(*arrays) if arrays is not None else None,
                              data.input_ids if text else None, data.attention_mask if text else None, present,
-                             data.labels if labels else None, device)
+                             data.labels if labels else None, device, dimensions)
 
 
 def _fits_on(device: torch.device, audio: Ragged | None) -> bool:

@@ -13,11 +13,13 @@ Layout (FORMAT_VERSION 2):
                                      rest (optimizer index, scheduler, RNG, epoch, history) as JSON metadata
     folds/<name>/model.safetensors   the final weights (best or last epoch), spec stats included; without the
                                      frozen text encoder, which lives in text_model/model.safetensors
-    folds/<name>/predictions.jsonl   utt_id, true, pred, probs (class order of config.json) on the test part
+    folds/<name>/predictions.jsonl   utt_id, true, pred, probs (class order of config.json) on the test part;
+                                     dimensional models: true_dimensions, dimensions ([V, A, D])
     folds/<name>/result.json         the fold's scores; its presence marks the fold finished
     tensorboard/<name>/              TensorBoard scalars
     summary.json                     scores of every fold and their mean and std
-    metrics[-<cache>].json, confusion[-<cache>].png, training-curves.png   written by `emocli eval`
+    metrics[-<cache>].json, confusion[-<cache>].png, dimensions[-<cache>].png (dimensional models),
+    training-curves.png                                                    written by `emocli eval`
 
 Every file is written to a temporary name and renamed, so kill -9 at any moment leaves either the previous
 version or the new one. Nothing is ever unpickled: weights are safetensors, everything else JSON.
@@ -274,7 +276,7 @@ class Fold:
         path = self.path / "predictions.jsonl"
         if not path.is_file():
             raise CheckpointError(f"{path} is missing; fold {self.name} has not finished — rerun `emocli train`")
-        rows = _read_jsonl(path, ("true", "pred"))
+        rows = _read_jsonl(path, ("true", "pred") if self.run.config.model.predicts_classes else ("true", "dimensions"))
         if not rows:
             raise CheckpointError(f"{path} is empty; fold {self.name} is damaged — retrain it into a new --run")
         return rows
@@ -304,7 +306,7 @@ class Run:
         and training-curves.png (the same training whatever the test data)."""
         suffix = "" if other_cache is None else "-" + fold_dirname(other_cache)
         return {"metrics": self.path / f"metrics{suffix}.json", "confusion": self.path / f"confusion{suffix}.png",
-                "curves": self.path / "training-curves.png"}
+                "scatter": self.path / f"dimensions{suffix}.png", "curves": self.path / "training-curves.png"}
 
     def save_summary(self, summary: dict) -> None:
         _atomic_write_json(self.path / "summary.json", summary)
@@ -456,9 +458,8 @@ def load_model_state(model, tensors: dict, freeze_text: bool, where: Path, assig
 def load_model(run_dir: Path, fold: str | None = None, device: str = "cpu"):
     """(EmotionModel in eval mode, RunConfig, tokenizer or None) of a finished fold, built offline from the run.
 
-    `fold` defaults to the first fold of the run (`random-0`, or `loso-<first session>`). Each fold's model saw a
-    different training part; under `random` any of them is a fair choice; under `loso` the first fold's model
-    never saw the first session's speakers.
+    `fold` defaults to `default_fold`: the final model of `--protocol all`, else the run's first fold. Each
+    cross-validation fold's model saw a different training part.
     """
     import torch
 
@@ -470,7 +471,7 @@ def load_model(run_dir: Path, fold: str | None = None, device: str = "cpu"):
     if not config.folds:
         raise CheckpointError(f"{run.path / 'config.json'} lists no folds; the run is damaged — retrain into a new "
                               f"--run")
-    name = fold if fold is not None else config.folds[0]
+    name = fold if fold is not None else default_fold(config)
     fold_obj = run.fold(name)
     if fold_obj.result() is None:
         _refuse_pickles(fold_obj.path, fold_obj.path / "model.safetensors")
@@ -498,6 +499,12 @@ def load_model(run_dir: Path, fold: str | None = None, device: str = "cpu"):
         if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             break
     return model.to(device).eval(), config, tokenizer
+
+
+def default_fold(config: RunConfig) -> str:
+    """The fold `predict` and `load` use unless told: the final model of `train --protocol all` (its only fold),
+    else the run's first fold (`random-0`, or `loso-<first session>`, which never heard that session)."""
+    return config.folds[0]
 
 
 def _load_text_side(text_dir: Path) -> tuple[dict, object]:

@@ -8,6 +8,8 @@ Layout (FORMAT_VERSION 1), N utterances, F total frames:
     labels          int64   (N,)          index into attrs["label_set"]["classes"]
     durations       float32 (N,)          seconds of audio used, at most max_seconds (longer files are read no further)
     utt_ids, speakers, sessions, texts, raw_labels, audio_paths   utf-8 strings (N,)
+    dimensions      float32 (N, 3)        valence, arousal, dominance on the corpus's scale, NaN where unknown;
+                                          only when the corpus gives any (IEMOCAP's [V, A, D], manifest columns)
     attrs: format_version, fingerprint, and the JSON of every input that produced it.
 One contiguous `spec` lets training read the whole corpus in a single read; no per-utterance file is opened.
 """
@@ -30,6 +32,7 @@ from emocli.errors import CacheError
 FORMAT_VERSION = 1
 _STRING_FIELDS = ("utt_ids", "speakers", "sessions", "texts", "raw_labels", "audio_paths")
 _GOLD_FIELD = "gold_texts"  # only in a cache whose texts were recognised
+_DIMENSIONS_FIELD = "dimensions"  # only when the corpus gives dimensional values
 _SPEC_CHUNK_FRAMES = 4096
 
 
@@ -98,6 +101,8 @@ class CacheData:
     audio_paths: list[str]
     # The corpus's own transcripts when `texts` came from speech recognition (prepare --transcripts asr), else None.
     gold_texts: list[str] | None = None
+    # (N, 3) valence, arousal, dominance, NaN where the corpus gives none; None when it gives none at all.
+    dimensions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.utt_ids)
@@ -165,9 +170,11 @@ def read_cache(path: Path) -> CacheData:
         with h5py.File(path, "r") as h5:
             strings = {name: [_text(s) for s in h5[name][()]] for name in _STRING_FIELDS}
             gold = [_text(s) for s in h5[_GOLD_FIELD][()]] if _GOLD_FIELD in h5 else None
+            dims = h5[_DIMENSIONS_FIELD][()].astype(np.float32) if _DIMENSIONS_FIELD in h5 else None
             data = CacheData(meta=meta, spec=h5["spec"][()], spec_offsets=h5["spec_offsets"][()],
                              input_ids=h5["input_ids"][()], attention_mask=h5["attention_mask"][()],
-                             labels=h5["labels"][()], durations=h5["durations"][()], gold_texts=gold, **strings)
+                             labels=h5["labels"][()], durations=h5["durations"][()], gold_texts=gold,
+                             dimensions=dims, **strings)
     except Exception as exc:
         raise CacheError(f"{path} is damaged ({type(exc).__name__}: {exc}); rebuild it with `emocli prepare`") from None
     problem = _inconsistency(data)
@@ -203,6 +210,8 @@ def _inconsistency(data: CacheData) -> str | None:
         return "negative token ids or a mask other than 0/1"
     if data.durations.size and not np.all(np.isfinite(data.durations)):
         return "non-finite durations"
+    if data.dimensions is not None and (data.dimensions.shape != (n, 3) or np.isinf(data.dimensions).any()):
+        return f"dimensional values of shape {data.dimensions.shape}, not ({n}, 3) finite or NaN"
     return None
 
 
@@ -247,6 +256,7 @@ class CacheWriter:
         self._offsets = [0]
         self._columns: dict[str, list] = {name: [] for name in _STRING_FIELDS}
         self._gold: list[str] = []
+        self._dimensions: list[tuple[float, float, float]] = []
         self._labels: list[int] = []
         self._durations: list[float] = []
         self._ids: list[np.ndarray] = []
@@ -271,6 +281,7 @@ class CacheWriter:
         self._masks.append(attention_mask.astype(np.int8))
         self._labels.append(label)
         self._durations.append(duration)
+        self._dimensions.append(utt.dimensions if utt.dimensions is not None else (np.nan,) * 3)
         for name, value in (("utt_ids", utt.utt_id), ("speakers", utt.speaker), ("sessions", utt.session),
                             ("texts", utt.text), ("raw_labels", utt.raw_label), ("audio_paths", str(utt.audio_path))):
             self._columns[name].append(value)
@@ -312,6 +323,9 @@ class CacheWriter:
             if len(self._gold) != n:
                 raise ValueError(f"gold transcripts for {len(self._gold)} of {n} utterances")
             h5.create_dataset(_GOLD_FIELD, data=np.asarray(self._gold, dtype=object), dtype=text)
+        dims = np.asarray(self._dimensions, dtype=np.float32).reshape(n, 3)
+        if n and not np.isnan(dims).all():
+            h5.create_dataset(_DIMENSIONS_FIELD, data=dims)
         digest = fingerprint(inputs)
         h5.attrs["emocli_cache"] = True
         h5.attrs["format_version"] = FORMAT_VERSION

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -17,6 +17,27 @@ from rich.table import Table
 from rich.text import Text
 
 from emocli.errors import EmocliError
+
+def _flags_without_type() -> None:
+    """A flag (`--json`) takes no value, so its help row shows no `<bool>`: typer prints one for every option,
+    which reads as if `--json true` were expected."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_emocli", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._emocli = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_without_type()
+
+Device = Literal["auto", "cpu", "cuda"]
+ComputeType = Literal["int8", "int8_float32", "float32", "float16", "int8_float16"]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Speech emotion recognition from audio and transcript (BERT + ModifiedAlexNet fusion).")
@@ -131,13 +152,17 @@ def synth(
     out_dir: Path = typer.Argument(..., metavar="OUT", help="Folder to write IEMOCAP_full_release.<format> into."),
     per_class: int = typer.Option(100, "--per-class", min=1, help="Utterances per class (ang, hap+exc, sad, neu)."),
     seed: int = typer.Option(0, "--seed"),
-    fmt: str = typer.Option("tar.gz", "--format", help="tar.gz | tgz | tar | zip | dir"),
+    fmt: Literal["tar.gz", "tgz", "tar", "zip", "dir"] = typer.Option("tar.gz", "--format",
+                                                                       help="Archive format, or dir: a folder."),
     mean_seconds: float = typer.Option(2.5, "--mean-seconds", min=0.3, help="Mean utterance duration."),
-    speech: str = typer.Option("espeak", "--speech", help="espeak: each transcript spoken by eSpeak NG (ten voices, "
+    speech: Literal["espeak", "tones"] = typer.Option("espeak", "--speech", help="espeak: each transcript spoken by eSpeak NG (ten voices, "
                                "emotion in pitch, range, rate and loudness) | tones: wordless babble (fast)."),
     as_json: bool = typer.Option(False, "--json", help="Print the generator's summary as one JSON object."),
 ) -> None:
-    """Generate a corpus in IEMOCAP_full_release's exact layout (IEMOCAP itself cannot be shipped)."""
+    """Generate a corpus in IEMOCAP_full_release's exact layout (IEMOCAP itself cannot be shipped).
+
+    Example: emocli synth data/corpus --per-class 50
+    """
     from emocli.synth import SynthConfig, synthesize
 
     if fmt not in ("tar.gz", "tgz", "tar", "zip", "dir"):
@@ -163,13 +188,15 @@ def prepare(
     cache_path: Path = typer.Option(Path("data/cache.h5"), "--cache", help="HDF5 cache to create or reuse."),
     text_model: str = typer.Option("all-MiniLM-L6-v2", "--text-model",
                                    help="all-MiniLM-L6-v2 (offline package) or a local BERT folder."),
-    labels: str = typer.Option("4class", "--labels", help="4class (exc merged into hap) | 4class-noexc"),
-    tags: str = typer.Option("keep", "--tags", help="Non-speech tags like [LAUGHTER]: keep | strip"),
+    labels: Literal["auto", "4class", "4class-noexc", "6class", "all", "manifest"] = typer.Option("auto", "--labels", help="auto: IEMOCAP's 4class, or a manifest's own labels | "
+                               "4class (exc merged into hap) | 4class-noexc | 6class (ang hap sad neu exc fru) | "
+                               "all (every IEMOCAP category but xxx) | manifest (the manifest's label column)."),
+    tags: Literal["keep", "strip"] = typer.Option("keep", "--tags", help="Non-speech tags like [LAUGHTER]."),
     n_mels: int = typer.Option(128, "--n-mels", min=64, max=256, help="Mel bands (ModifiedAlexNet needs at least 63)."),
     max_seconds: float = typer.Option(15.0, "--max-seconds", min=0.5, help="Longer audio is truncated."),
     workers: int = typer.Option(0, "--workers", min=0, help="Feature processes; 0 = one per core."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where archives are unpacked (default: beside the cache)."),
-    transcripts: str = typer.Option("gold", "--transcripts", help="gold: the corpus's transcripts | asr: recognised "
+    transcripts: Literal["gold", "asr"] = typer.Option("gold", "--transcripts", help="gold: the corpus's transcripts | asr: recognised "
                                     "from the audio by offline Whisper (for corpora without transcripts, or to "
                                     "measure gold against recognised text; the gold ones are kept for eval's WER)."),
     asr_model: str = typer.Option("whisper", "--asr-model", help="With --transcripts asr: whisper (tiny.en) | "
@@ -178,18 +205,19 @@ def prepare(
                                     "written (default: removed; prepare unpacks again when a new stage needs it)."),
     audio_encoder: Optional[str] = typer.Option(None, "--audio-encoder", help=_AUDIO_ENCODER_HELP + " Computes its "
                                                 "embedding stage now, while the audio is at hand (train would too)."),
-    compute_type: str = typer.Option("int8", "--compute-type", help=_COMPUTE_TYPE_HELP),
-    device: str = typer.Option("auto", "--device", help="For the embedding stage: auto | cpu | cuda"),
+    compute_type: ComputeType = typer.Option("int8", "--compute-type", help=_COMPUTE_TYPE_HELP),
+    device: Device = typer.Option("auto", "--device", help="For the embedding stage."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Read the corpus and write spectrograms + token ids into one fingerprinted HDF5 cache (and, with
-    --audio-encoder, a pretrained encoder's hidden states into a stage beside it)."""
+    --audio-encoder, a pretrained encoder's hidden states into a stage beside it).
+
+    Example: emocli prepare IEMOCAP_full_release.tar.gz --cache data/iemocap.h5 --audio-encoder whisper
+    """
     from emocli.features import FeatureConfig
     from emocli.prepare import PrepareConfig
     from emocli.prepare import prepare as run_prepare
 
-    if tags not in ("keep", "strip"):
-        raise EmocliError(f"--tags {tags!r} is not one of keep, strip")
     config = PrepareConfig(text_model=text_model, label_set=labels, tags=tags, workers=workers,
                            features=FeatureConfig(n_mels=n_mels, max_seconds=max_seconds),
                            audio_encoder=audio_encoder or "", compute_type=compute_type, device=device,
@@ -235,10 +263,11 @@ def _print_prepare_summary(result) -> None:
     table = Table(title=f"{s['utterances']} utterances, label set {s['label_set']}")
     from emocli.corpus.records import get_label_set
 
-    classes = get_label_set(s["label_set"]).classes  # the paper's order: ang, hap, sad, neu
+    classes = s.get("classes") or get_label_set(s["label_set"]).classes  # the set's order: ang, hap, sad, neu
+    display = s.get("display") or get_label_set(s["label_set"]).display
     table.add_column("session")
     for c in classes:
-        table.add_column(c, justify="right")
+        table.add_column(display.get(c, c), justify="right")
     table.add_column("total", justify="right")
     for session, counts in s["per_session"].items():
         table.add_row(session, *[str(counts.get(c, 0)) for c in classes], str(sum(counts.values())))
@@ -260,18 +289,28 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, "--run", "--run-dir",
                                            help="Run directory (default runs/<modality>-<protocol>). Under torchrun "
                                                 "write --run-dir: torchrun reads --run as its own --run-path."),
-    modality: str = typer.Option("both", "--modality", help="both (fusion) | audio | text: single-view baselines."),
-    protocol: str = typer.Option("random", "--protocol", help="random: the paper's repeated 90/10 splits | loso: "
-                                                                "leave-one-session-out, speaker-independent"),
+    modality: Literal["both", "audio", "text"] = typer.Option("both", "--modality",
+                                                              help="both (fusion) | audio | text: single-view baselines."),
+    protocol: Literal["random", "loso", "loso-speaker", "speaker-folds", "all"] = typer.Option(
+        "random", "--protocol", help="random: the paper's repeated 90/10 splits (speakers shared) | loso: leave one "
+        "session out | loso-speaker: leave one speaker out | speaker-folds: --folds groups of speakers | all: one "
+        "final model on all the data (for predict and export; see --like)."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Random splits (random protocol)."),
+    folds: int = typer.Option(5, "--folds", min=2, help="Speaker groups (speaker-folds protocol), class-balanced."),
+    like: Optional[Path] = typer.Option(None, "--like", help="With --protocol all: every setting of this "
+                                        "cross-validated run, for the median of the epochs its folds selected."),
+    task: Literal["classes", "dimensions", "both"] = typer.Option(
+        "classes", "--task", help="classes: emotion categories | dimensions: valence, arousal, dominance "
+        "(regression, CCC loss) | both at once."),
     epochs: int = typer.Option(50, "--epochs", min=1),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (the paper: 1e-4)."),
     step_size: int = typer.Option(30, "--step-size", min=1, help="StepLR step in epochs (the paper: 30)."),
     gamma: float = typer.Option(0.1, "--gamma", help="StepLR factor (the paper: 0.1)."),
-    fusion: str = typer.Option("concat", "--fusion", help="concat (the paper) | gated | xattn (cross-modal attention)"),
+    fusion: Literal["concat", "gated", "xattn"] = typer.Option("concat", "--fusion", help="concat (the paper) | gated | "
+                                                                "xattn (cross-modal attention)."),
     audio_encoder: str = typer.Option("alexnet", "--audio-encoder", help=_AUDIO_ENCODER_HELP),
-    compute_type: str = typer.Option("int8", "--compute-type", help=_COMPUTE_TYPE_HELP),
+    compute_type: ComputeType = typer.Option("int8", "--compute-type", help=_COMPUTE_TYPE_HELP),
     audio_hidden: int = typer.Option(256, "--audio-hidden", min=1, help="Pretrained encoders: width of the head "
                                                                         "over their frames."),
     audio_context: int = typer.Option(0, "--audio-context", min=0, max=8, help="Pretrained encoders: transformer "
@@ -293,11 +332,14 @@ def train(
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Of the training part, for best-epoch selection."),
     last_epoch: bool = typer.Option(False, "--last-epoch", help="Test the last epoch instead of the best on validation."),
     seed: int = typer.Option(0, "--seed", min=0),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA) | fp32 | bf16"),
+    device: Device = typer.Option("auto", "--device"),
+    precision: Literal["auto", "fp32", "bf16"] = typer.Option("auto", "--precision", help="auto: bf16 on CUDA."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
-    """Train the fusion model (or a single-view baseline) with the paper's recipe; rerun to resume."""
+    """Train the fusion model (or a single-view baseline) with the paper's recipe; rerun to resume.
+
+    Example: emocli train data/cache.h5 --run runs/loso --protocol loso
+    """
     from emocli.cache import read_meta
     from emocli.encoders import audio_branch
     from emocli.model import ModelConfig
@@ -317,14 +359,21 @@ def train(
         fusion=fusion, audio_encoder=encoder, audio_upstream=upstream, audio_hidden=audio_hidden,
         audio_context=audio_context,
         audio_width=audio_width, text_model=text_model or inputs.tokenizer["name"],
-        freeze_text=freeze_text, dropout=dropout, modality_dropout=modality_dropout if modality == "both" else 0.0)
-    train_config = TrainConfig(protocol=protocol, repeats=repeats, epochs=epochs, batch_size=batch_size, lr=lr,
+        freeze_text=freeze_text, dropout=dropout, modality_dropout=modality_dropout if modality == "both" else 0.0,
+        task=task)
+    train_config = TrainConfig(protocol=protocol, repeats=repeats, folds=folds, epochs=epochs, batch_size=batch_size, lr=lr,
                                step_size=step_size, gamma=gamma, class_weighted=class_weighted, seed=seed,
                                weight_decay=weight_decay, audio_lr=audio_lr,
                                device=device, precision=precision, val_fraction=val_fraction,
                                select_best=not last_epoch, audio_init=str(audio_init or ""))
+    if like is not None:
+        from emocli.train import final_settings
+
+        if protocol != "all":
+            raise EmocliError("--like makes a final model from a cross-validated run's settings; add --protocol all")
+        model_config, train_config = final_settings(like, device=device, precision=precision)
     train_config.validate()
-    run_dir = run_dir or Path("runs") / f"{modality}-{protocol}"
+    run_dir = run_dir or Path("runs") / f"{model_config.modality}-{protocol}"
     main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank:
         for line in protocol_warnings(train_config):
@@ -354,11 +403,12 @@ class _TrainDisplay:
         self._bar.__enter__()
         return self
 
-    def update(self, fold: str, epoch: int, epochs: int, loss: float, acc: float, speed: float) -> None:
+    def update(self, fold: str, epoch: int, epochs: int, loss: float, acc: float | None, speed: float) -> None:
         if fold not in self._tasks:
             self._tasks[fold] = self._bar.add_task(fold, total=epochs, stats="")
+        accuracy = f"  train accuracy {100 * acc:.1f} %" if acc is not None else ""
         self._bar.update(self._tasks[fold], completed=epoch, total=epochs,
-                         stats=f"loss {loss:.3f}  acc {acc:.3f}  {speed:,.0f} utt/s")
+                         stats=f"loss {loss:.3f}{accuracy}  {speed:,.0f} utt/s")
 
     def __exit__(self, *exc):
         return self._bar.__exit__(*exc)
@@ -367,14 +417,25 @@ class _TrainDisplay:
 def _print_train_summary(summary) -> None:
     for line in summary.resumed:
         err.print(f"resumed: {line}", highlight=False)
-    table = Table(title=f"{summary.protocol} protocol, run {summary.run_dir}")
-    for col in ("fold", "test n", "WA", "UA", "macro-F1", "epoch tested"):
+    if not summary.aggregate:  # --protocol all: nothing held out
+        f = summary.folds[0]
+        out.print(f"final model trained on {f.n_train} utterances for {f.epoch} epochs (nothing held out: its "
+                  f"expected scores are those of the cross-validated run it was made like): {summary.run_dir}",
+                  highlight=False, soft_wrap=True)
+        return
+    keys = [k for k in ("wa", "ua", "macro_f1", "ccc") if k in summary.aggregate]
+    names = {"wa": "WA %", "ua": "UA %", "macro_f1": "macro-F1 %", "ccc": "CCC (V/A/D mean)"}
+    scale = {"wa": 100, "ua": 100, "macro_f1": 100, "ccc": 1}
+    digits = {"wa": 1, "ua": 1, "macro_f1": 1, "ccc": 3}
+    table = Table(title=f"{summary.protocol} protocol, run {summary.run_dir}",
+                  caption="held-out test part of each fold; ± population std (ddof 0) over folds")
+    for col in ("fold", "test n", *[names[k] for k in keys], "epoch tested"):
         table.add_column(col, justify="right" if col != "fold" else "left")
     for f in summary.folds:
-        table.add_row(f.name, str(f.n_test), f"{f.wa:.3f}", f"{f.ua:.3f}", f"{f.macro_f1:.3f}", str(f.epoch))
+        table.add_row(f.name, str(f.n_test), *[f"{scale[k] * getattr(f, k):.{digits[k]}f}" for k in keys], str(f.epoch))
     agg = summary.aggregate
-    table.add_row("mean ± std", "", *[f"{agg[k]['mean']:.3f} ± {agg[k]['std']:.3f}" for k in ("wa", "ua", "macro_f1")],
-                  "", style="bold")
+    table.add_row("mean ± std", "", *[f"{scale[k] * agg[k]['mean']:.{digits[k]}f} ± {scale[k] * agg[k]['std']:.{digits[k]}f}"
+                                      for k in keys], "", style="bold")
     out.print(table)
 
 
@@ -384,10 +445,14 @@ def evaluate(
     run_dir: Path = typer.Argument(..., metavar="RUN", help="A run directory made by `emocli train`."),
     cache_path: Optional[Path] = typer.Option(None, "--cache", help="Score every fold's model on this whole other "
                                                                     "prepared corpus instead of its held-out part."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (only with --cache)"),
+    device: Device = typer.Option("auto", "--device", help="Only with --cache."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
-    """Accuracy (WA), unweighted accuracy (UA), macro-F1 and the confusion matrix, per fold and mean ± std."""
+    """Accuracy (WA), unweighted accuracy (UA), macro-F1 and the confusion matrix, per fold and mean ± std
+    (population std over folds); CCC per dimension and a scatter plot for a dimensional model.
+
+    Example: emocli eval runs/loso
+    """
     from emocli.evaluate import evaluate_on_cache, evaluate_run, save_report
 
     report = evaluate_on_cache(run_dir, cache_path, device=device) if cache_path else evaluate_run(run_dir)
@@ -396,7 +461,10 @@ def evaluate(
     if as_json:
         print(json.dumps(report.to_json()), flush=True)
     else:
-        print_eval_report(report)
+        if report.has_classes:
+            print_eval_report(report)
+        if report.dimensions is not None:
+            _print_dimensions(report)
         if report.transcripts is not None:
             _print_transcripts_line(report)
         if report.unfinished:
@@ -419,10 +487,25 @@ def _print_transcripts_line(report) -> None:
     out.print(line, highlight=False, soft_wrap=True)
 
 
+def _print_dimensions(report) -> None:
+    from emocli.corpus.records import DIMENSIONS
+
+    table = Table(title=f"concordance correlation coefficient (CCC, -1..1) — {report.source}",
+                  caption="± population std (ddof 0) over folds")
+    table.add_column("fold")
+    for name in DIMENSIONS:
+        table.add_column(name, justify="right")
+    for fold, scores in report.dimensions["per_fold"].items():
+        table.add_row(fold, *[f"{scores[d]:.3f}" for d in DIMENSIONS])
+    m, s = report.dimensions["mean"], report.dimensions["std"]
+    table.add_row("mean ± std", *[f"{m[d]:.3f} ± {s[d]:.3f}" for d in DIMENSIONS], style="bold")
+    out.print(table)
+
+
 def print_eval_report(report) -> None:
     names = report.display_names
-    scores = Table(title=f"{report.run_dir} — {report.source}")
-    for col in ("fold", "n", "WA", "UA", "macro-F1"):
+    scores = Table(title=f"{report.run_dir} — {report.source}", caption="% ; ± population std (ddof 0) over folds")
+    for col in ("fold", "n", "WA %", "UA %", "macro-F1 %"):
         scores.add_column(col, justify="left" if col == "fold" else "right")
     for f in report.folds:
         scores.add_row(f.name, str(f.n), f"{100 * f.wa:.1f}", f"{100 * f.ua:.1f}", f"{100 * f.macro_f1:.1f}")
@@ -446,9 +529,13 @@ def print_eval_report(report) -> None:
 @handles_errors
 def compare(
     runs: list[Path] = typer.Argument(..., metavar="RUN...", help="Run directories to put side by side."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as one JSON list (scores as fractions 0-1)."),
 ) -> None:
-    """Side by side: WA, UA and macro-F1 (mean ± std over folds) of several runs, e.g. fusion vs single views."""
+    """Side by side: WA, UA and macro-F1 (mean ± population std over folds) of several runs, e.g. fusion vs
+    single views.
+
+    Example: emocli compare runs/fused runs/audio runs/text
+    """
     from emocli.bundle import open_run
     from emocli.evaluate import evaluate_run
 
@@ -492,11 +579,11 @@ def predict(
     transcripts: Optional[Path] = typer.Option(None, "--transcripts",
                                                help="CSV/TSV with columns id,text (id = file stem or relative path)."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write every prediction to a .csv or .jsonl file."),
-    asr: str = typer.Option("auto", "--asr", help="auto: transcribe files without a transcript (offline Whisper) | "
+    asr: Literal["auto", "off"] = typer.Option("auto", "--asr", help="auto: transcribe files without a transcript (offline Whisper) | "
                             "off: predict them from audio alone. Each row says where its text came from."),
     asr_model: str = typer.Option("whisper", "--asr-model", help="whisper (tiny.en, English) | whisper-base "
                                   "(multilingual) | a local CTranslate2 Whisper folder."),
-    segment: str = typer.Option("auto", "--segment", help="auto: recordings longer than --max-seconds are cut into "
+    segment: Literal["auto", "always", "never"] = typer.Option("auto", "--segment", help="auto: recordings longer than --max-seconds are cut into "
                                 "utterances by voice-activity detection, each one a row with start and end | always "
                                 "| never: classify only the first --max-seconds."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.5,
@@ -504,14 +591,18 @@ def predict(
                                                      "as prepare used)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Folder for a PNG timeline of each segmented recording."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    fold: Optional[str] = typer.Option(None, "--fold", help="Which fold's model (default: the run's first)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    fold: Optional[str] = typer.Option(None, "--fold", help="Which fold's model (default: the final model of "
+                                       "train --protocol all, else the run's first fold; stderr says which)."),
+    device: Device = typer.Option("auto", "--device"),
     show: int = typer.Option(50, "--show", min=0, help="Rows of the table printed (all go to --output)."),
     as_json: bool = typer.Option(False, "--json", help="Print every prediction as one JSON object per line (JSON "
                                  "lines) instead of the tables; problems still go to stderr."),
 ) -> None:
     """Predict emotions for one recording (with --text) or a folder of recordings; long recordings become a
-    timeline of utterances."""
+    timeline of utterances.
+
+    Example: emocli predict runs/final recordings/ --output predictions.csv
+    """
     import math
 
     from emocli.asr import ASR_MODES, AsrConfig
@@ -540,6 +631,10 @@ def predict(
     with parallel_map(len(items), chunksize=4) as feature_map:  # forked before torch loads the model
         predictor = Predictor.from_run(run_dir, fold, device, max_seconds,
                                        AsrConfig(model=asr_model) if asr == "auto" else None)
+        if fold is None and len(predictor.config.folds) > 1:
+            err.print(f"using the model of fold {predictor.fold} (one of {len(predictor.config.folds)}; choose with "
+                      f"--fold, or make one final model with `emocli train CACHE --protocol all --like {run_dir}`)",
+                      highlight=False, soft_wrap=True)
         expanded = expand_recordings(items, predictor.window_s, segment, notice=notice)
         for result in predictor.predict(expanded, batch_size, feature_map):
             if isinstance(result, Failure):
@@ -557,7 +652,7 @@ def predict(
         sys.stdout.flush()
     else:
         _print_predictions(predictions, predictor.classes, show)
-    timelines = _timelines(predictions)
+    timelines = _timelines(predictions) if predictor.classes else {}
     if timelines and not as_json:
         _print_timeline_summary(timelines, predictor.classes)
     if plot is not None and timelines:
@@ -599,9 +694,13 @@ def _print_predictions(predictions, classes, show: int) -> None:
     table.add_column("file")
     if any(p.start is not None for p in predictions[:show]):
         table.add_column("time (s)")
-    table.add_column("emotion")
+    dimensions = list(predictions[0].dimensions or {}) if predictions else []
+    if classes:
+        table.add_column("emotion")
     for c in classes:
         table.add_column(f"p({c})", justify="right")
+    for d in dimensions:
+        table.add_column(d, justify="right")
     table.add_column("text")
     timed = any(p.start is not None for p in predictions[:show])
     for p in predictions[:show]:
@@ -610,7 +709,8 @@ def _print_predictions(predictions, classes, show: int) -> None:
         else:
             shown = (p.text if len(p.text) <= 40 else p.text[:39] + "…") + (" (asr)" if p.text_source == "asr" else "")
         when = [f"{p.start:.1f}-{p.end:.1f}" if p.start is not None else ""] if timed else []
-        table.add_row(one_line(p.id), *when, p.label, *[f"{p.probs[c]:.2f}" for c in classes], one_line(shown))
+        table.add_row(one_line(p.id), *when, *([p.label] if classes else []), *[f"{p.probs[c]:.2f}" for c in classes],
+                      *[f"{p.dimensions[d]:.2f}" for d in dimensions], one_line(shown))
     if len(predictions) > show:
         table.caption = f"first {show} shown"
     out.print(table)

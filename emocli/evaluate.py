@@ -7,6 +7,13 @@ Two sources of predictions:
                        on your own recordings prepared with the same settings); refused when that cache's labels,
                        features or tokenizer differ from what the model was trained on.
 
+Dimensional models (valence, arousal, dominance) are scored by Lin's concordance correlation coefficient (CCC)
+per dimension, per fold and as mean ± std over folds, with a scatter plot of predicted against true values.
+
+Units: every score in the JSON is a fraction in [0, 1] (wa, ua, macro_f1, precision, recall, f1, ccc); the
+confusion matrices say their unit in their key (`confusion_percent`, `confusion_counts`). Standard deviations are
+over folds, population (ddof 0). The terminal shows percent for accuracies, and CCC as a number in [-1, 1].
+
 Per-class scores and confusion rows are averaged over the folds that hold the class: a leave-one-session-out
 fold without any "sad" utterance says nothing about how sad is recognised, and a zero row would drag the mean.
 """
@@ -108,6 +115,14 @@ class EvalReport:
     # For a cache whose texts were recognised (prepare --transcripts asr): the recogniser's word error rate against
     # the gold transcripts, and the scores the same models reach reading the gold transcripts instead.
     transcripts: dict | None = None
+    # Dimensional models: {"per_fold": {fold: {dim: ccc}}, "mean": {dim: ccc}, "std": {dim: ccc}}, else None;
+    # `pairs`: (true (N, 3), predicted (N, 3)) pooled over folds, for the scatter plot (not in the JSON).
+    dimensions: dict | None = None
+    pairs: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def has_classes(self) -> bool:
+        return bool(self.folds)
 
     @property
     def display_names(self) -> list[str]:
@@ -118,15 +133,27 @@ class EvalReport:
                 "cache": str(self.cache) if self.cache is not None else None,
                 "classes": list(self.classes), "display": self.display_names,
                 "mean": self.mean, "std": self.std, "folds": [f.to_json() for f in self.folds],
-                "unfinished": list(self.unfinished), "transcripts": self.transcripts}
+                "unfinished": list(self.unfinished), "transcripts": self.transcripts,
+                "dimensions": self.dimensions,
+                "units": {"scores": "fraction 0-1", "ccc": "-1..1", "std": "population (ddof 0) over folds"}}
 
 
 def _report(run: bundle.Run, source: str, folds: list[FoldScores], unfinished: list[str],
-            cache_path: Path | None = None) -> EvalReport:
+            cache_path: Path | None = None, dimensions: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+            ) -> EvalReport:
     classes = run.config.classes
-    mean, std = aggregate_folds(folds, classes)
-    return EvalReport(run_dir=run.path, classes=classes, display=dict(run.config.label_set.display), source=source,
-                      folds=folds, mean=mean, std=std, cache=cache_path, unfinished=unfinished)
+    mean, std = aggregate_folds(folds, classes) if folds else ({}, {})
+    report = EvalReport(run_dir=run.path, classes=classes, display=dict(run.config.label_set.display),
+                        source=source, folds=folds, mean=mean, std=std, cache=cache_path, unfinished=unfinished)
+    if dimensions:
+        per_fold = {name: metrics.ccc_per_dimension(truth, pred) for name, (truth, pred) in dimensions.items()}
+        names = list(next(iter(per_fold.values())))
+        spread = {d: metrics.mean_std([scores[d] for scores in per_fold.values()]) for d in names}
+        report.dimensions = {"per_fold": per_fold, "mean": {d: m for d, (m, _) in spread.items()},
+                             "std": {d: sd for d, (_, sd) in spread.items()}}
+        report.pairs = (np.concatenate([t for t, _ in dimensions.values()]),
+                        np.concatenate([p for _, p in dimensions.values()]))
+    return report
 
 
 def _finished_folds(run: bundle.Run) -> tuple[list[str], list[str]]:
@@ -147,25 +174,41 @@ def evaluate_run(run_dir: Path) -> EvalReport:
     finished, unfinished = _finished_folds(run)
     classes = run.config.classes
     index = {c: i for i, c in enumerate(classes)}
-    folds = []
+    if run.config.train.get("protocol") == "all":
+        raise ConfigError(f"{run.path} is a final model (--protocol all): nothing was held out to score it on; "
+                          f"score it on other data with `emocli eval {run.path} --cache OTHER.h5`, or evaluate the "
+                          f"cross-validated run it was made --like")
+    model = run.config.model
+    folds, dimensions = [], {}
     for name in finished:
         rows = run.fold(name).read_predictions()
         try:
-            y_true = [index[r["true"]] for r in rows]
-            y_pred = [index[r["pred"]] for r in rows]
-        except KeyError as exc:
-            raise CheckpointError(f"fold {name} of {run.path}: a prediction names {exc.args[0]!r}, which is not "
-                                  f"a class of the run ({', '.join(classes)}); the fold is damaged — retrain it"
-                                  ) from None
-        folds.append(FoldScores.from_labels(name, y_true, y_pred, classes))
-    return _report(run, HELD_OUT, folds, unfinished)
+            if model.predicts_classes:
+                y_true = [index[r["true"]] for r in rows]
+                y_pred = [index[r["pred"]] for r in rows]
+                folds.append(FoldScores.from_labels(name, y_true, y_pred, classes))
+            if model.predicts_dimensions:
+                dimensions[name] = (np.asarray([[np.nan if v is None else v for v in r["true_dimensions"]]
+                                                for r in rows], dtype=np.float64).reshape(-1, 3),
+                                    np.asarray([r["dimensions"] for r in rows], dtype=np.float64).reshape(-1, 3))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"fold {name} of {run.path}: its predictions do not fit the run ({exc!r}: a class "
+                                  f"or field the run does not have); the fold is damaged — retrain it") from None
+    return _report(run, HELD_OUT, folds, unfinished, dimensions=dimensions)
 
 
 # --------------------------------------------------------------------------------------------- another cache
 
 
 def predict_cache(model, data: cache.CacheData, batch_size: int = 64, device="cpu", stage=None) -> np.ndarray:
-    """(N, C) float32 class probabilities of every utterance of `data`, in cache order.
+    """(N, C) float32 class probabilities of every utterance of `data`, in cache order."""
+    return predict_cache_outputs(model, data, batch_size, device, stage)[0]
+
+
+def predict_cache_outputs(model, data: cache.CacheData, batch_size: int = 64, device="cpu", stage=None
+                          ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """((N, C) float32 class probabilities or None, (N, 3) valence/arousal/dominance or None) of every utterance
+    of `data`, in cache order, for whichever the model predicts.
 
     Utterances are batched by length so little is padded; the model is padding-invariant, so the batching does
     not change the numbers. `stage`: the embedding stage of `data` for a frames model.
@@ -179,14 +222,19 @@ def predict_cache(model, data: cache.CacheData, batch_size: int = 64, device="cp
     inputs = inputs_from_cache(data, config, stage, labels=False)
     lengths = inputs.audio.host_lengths if inputs.audio is not None else inputs.host_text_widths
     order = np.argsort(lengths, kind="stable")
-    probs = np.zeros((len(data), config.n_classes), dtype=np.float32)
+    probs = np.zeros((len(data), config.n_classes), dtype=np.float32) if config.predicts_classes else None
+    dims = np.zeros((len(data), 3), dtype=np.float32) if config.predicts_dimensions else None
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
             idx = order[start:start + batch_size]
             kwargs, _ = inputs.batch(idx, torch.device(device))
-            probs[idx] = torch.softmax(model(**kwargs).logits.float(), dim=-1).cpu().numpy()  # (B, C)
-    return probs
+            out = model(**kwargs)
+            if probs is not None:
+                probs[idx] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()  # (B, C)
+            if dims is not None:
+                dims[idx] = out.dimensions.float().cpu().numpy()  # (B, 3)
+    return probs, dims
 
 
 def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", batch_size: int = 64) -> EvalReport:
@@ -213,7 +261,11 @@ def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", bat
         from emocli.embed import ensure_stage
 
         stage = ensure_stage(cache_path, source, data, device=torch_device.type)
-    folds, gold_folds, gold = [], [], None
+    predicts = run.config.model
+    if predicts.predicts_dimensions and not predicts.predicts_classes and data.dimensions is None:
+        raise CacheError(f"cache {cache_path} has no valence/arousal/dominance values to score this dimensional "
+                         f"model on; prepare a corpus that has them")
+    folds, gold_folds, gold, dimensions = [], [], None, {}
     recognised = data.gold_texts is not None and run.config.model.uses_text
     for name in finished:
         model, _, tokenizer = bundle.load_model(run.path, name, str(torch_device))
@@ -221,7 +273,12 @@ def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", bat
             from emocli.compat import check_token_ids
 
             check_token_ids(data.input_ids, model.text.vocab_size, cache_path)
-        probs = predict_cache(model, data, batch_size, torch_device, stage)  # (N, C)
+        probs, dims = predict_cache_outputs(model, data, batch_size, torch_device, stage)  # (N, C), (N, 3)
+        if dims is not None and data.dimensions is not None:
+            dimensions[name] = (data.dimensions.astype(np.float64), dims.astype(np.float64))
+        if probs is None:
+            del model
+            continue
         folds.append(FoldScores.from_labels(name, data.labels, probs.argmax(axis=1), run.config.classes))
         if recognised:
             if gold is None:  # every fold reads with the run's one tokenizer: tokenised once
@@ -229,7 +286,7 @@ def evaluate_on_cache(run_dir: Path, cache_path: Path, device: str = "auto", bat
             probs = predict_cache(model, gold, batch_size, torch_device, stage)
             gold_folds.append(FoldScores.from_labels(name, data.labels, probs.argmax(axis=1), run.config.classes))
         del model
-    report = _report(run, f"cache {cache_path} (whole corpus)", folds, unfinished, cache_path)
+    report = _report(run, f"cache {cache_path} (whole corpus)", folds, unfinished, cache_path, dimensions)
     if data.gold_texts is not None:
         from emocli.asr import corpus_wer
 
@@ -264,12 +321,17 @@ def save_report(report: EvalReport, run_dir: Path) -> list[Path]:
     paths = report_paths(report, run_dir)
     # Everything is rendered first (the plots take most of the time) and written after, in one quick sequence:
     # an interruption while rendering leaves the previous report whole, never new metrics beside old plots.
-    files = {paths["metrics"]: (json.dumps(report.to_json(), indent=2) + "\n").encode(),
-             paths["confusion"]: _png(_confusion_figure(report))}
+    files = {paths["metrics"]: (json.dumps(report.to_json(), indent=2) + "\n").encode()}
+    if report.has_classes:
+        files[paths["confusion"]] = _png(_confusion_figure(report))
+    if report.pairs is not None:
+        files[paths["scatter"]] = _png(_scatter_figure(report))
     run = bundle.open_run(Path(run_dir))
-    histories = {f.name: run.fold(f.name).read_metrics() for f in report.folds}
+    names = [f.name for f in report.folds] or list((report.dimensions or {}).get("per_fold", {}))
+    histories = {name: run.fold(name).read_metrics() for name in names}
+    tested = {name: (run.fold(name).result() or {}).get("epoch") for name in names}
     if any(histories.values()):
-        files[paths["curves"]] = _png(_curves_figure(histories))
+        files[paths["curves"]] = _png(_curves_figure(histories, tested))
     for path, data in files.items():
         write_bytes_atomic(path, data)
     return list(files)
@@ -312,25 +374,63 @@ def _confusion_figure(report: EvalReport):
     return figure
 
 
-def _curves_figure(histories: dict[str, list[dict]]):
-    """Loss and accuracy per epoch, train solid and validation dashed, one colour per fold."""
+def _curves_figure(histories: dict[str, list[dict]], tested: dict[str, int | None] | None = None):
+    """Loss and scores per epoch, train solid and validation dashed, one colour per fold; a dot marks the epoch
+    whose weights were tested (the best on validation, or the last)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(11, 4))
-    loss_ax, acc_ax = figure.subplots(1, 2)
+    tested = tested or {}
+    panels = [("loss", "loss (cross-entropy; + 1 - CCC for dimensions)", 1.0),
+              ("acc", "accuracy, %", 100.0)]
+    if any("val_ccc" in r for records in histories.values() for r in records):
+        panels.append(("ccc", "CCC, mean of valence/arousal/dominance", 1.0))
+    figure = Figure(figsize=(5.5 * len(panels), 4))
+    axes = figure.subplots(1, len(panels))
     for k, (name, records) in enumerate(histories.items()):
         colour = f"C{k % 10}"
-        epochs = [r["epoch"] for r in records]
-        for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
+        by_epoch = {r["epoch"]: r for r in records}
+        for ax, (metric, _, scale) in zip(axes, panels):
             for part, style in (("train", "-"), ("val", "--")):
                 key = f"{part}_{metric}"
-                points = [(e, r[key]) for e, r in zip(epochs, records) if key in r]
+                points = [(e, scale * r[key]) for e, r in by_epoch.items() if r.get(key) is not None]
                 if points:
                     ax.plot(*zip(*points), style, color=colour, label=f"{name} {part}")
-    for ax, label in ((loss_ax, "cross-entropy loss"), (acc_ax, "accuracy")):
+            chosen = by_epoch.get(tested.get(name))
+            key = f"val_{metric}" if chosen is not None and chosen.get(f"val_{metric}") is not None \
+                else f"train_{metric}"
+            if chosen is not None and chosen.get(key) is not None:
+                ax.plot([chosen["epoch"]], [scale * chosen[key]], "o", color=colour, markersize=7,
+                        markerfacecolor="none")
+    for ax, (_, label, _) in zip(axes, panels):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
-    acc_ax.legend(fontsize=7, loc="lower right")
-    figure.suptitle("training curves (solid: train, dashed: validation)", fontsize=10)
+    axes[1].legend(fontsize=7, loc="lower right")
+    figure.suptitle("training curves (solid: train, dashed: validation; circle: the epoch tested)", fontsize=10)
+    return figure
+
+
+def _scatter_figure(report: EvalReport):
+    """Predicted against true valence, arousal and dominance, every held-out utterance of every fold."""
+    from matplotlib.figure import Figure
+
+    from emocli.corpus.records import DIMENSIONS
+
+    truth, pred = report.pairs
+    figure = Figure(figsize=(13, 4.4))
+    for k, (ax, name) in enumerate(zip(figure.subplots(1, 3), DIMENSIONS)):
+        known = ~np.isnan(truth[:, k])
+        ax.scatter(truth[known, k], pred[known, k], s=8, alpha=0.5)
+        if known.any():
+            low = float(min(truth[known, k].min(), pred[known, k].min()))
+            high = float(max(truth[known, k].max(), pred[known, k].max()))
+            ax.plot([low, high], [low, high], "k--", linewidth=0.8)  # perfect agreement
+        mean, std = report.dimensions["mean"][name], report.dimensions["std"][name]
+        ax.set_title(f"{name}: CCC {mean:.3f} ± {std:.3f}", fontsize=10)
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel(f"predicted {name}")
+        ax.grid(alpha=0.3)
+    figure.suptitle(f"{report.run_dir.name}: {report.source}", fontsize=10)
     return figure

@@ -96,7 +96,7 @@ def scores(y_true, y_pred, classes: Sequence[str]) -> dict:
 
 
 def aggregate(fold_scores: Sequence[dict], keys: Sequence[str] = ("wa", "ua", "macro_f1")) -> dict[str, dict]:
-    """{key: {mean, std, values}} over folds, for the scalar scores named in `keys`."""
+    """{key: {mean, std, values}} over folds, for the scalar scores named in `keys` (std: population, ddof 0)."""
     out = {}
     for key in keys:
         values = [float(s[key]) for s in fold_scores]
@@ -118,3 +118,24 @@ def scores_from_predictions(rows: Sequence[dict], classes: Sequence[str]) -> dic
         raise CheckpointError(f"a prediction names class {exc.args[0]!r}, which is not one of {', '.join(classes)}; "
                               f"the predictions do not belong to this run") from None
     return scores(y_true, y_pred, classes)
+
+
+def ccc(truth, pred) -> float:
+    """Lin's concordance correlation coefficient (population moments) over the pairs whose truth is known;
+    0.0 for fewer than two such pairs."""
+    truth, pred = np.asarray(truth, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    known = ~np.isnan(truth)
+    truth, pred = truth[known], pred[known]
+    if truth.size < 2:
+        return 0.0
+    cov = np.mean((truth - truth.mean()) * (pred - pred.mean()))
+    denominator = truth.var() + pred.var() + (truth.mean() - pred.mean()) ** 2
+    return float(2 * cov / denominator) if denominator > 0 else 0.0
+
+
+def ccc_per_dimension(truth, pred) -> dict[str, float]:
+    """{valence, arousal, dominance: CCC} of (N, 3) true and predicted values (NaN truth: left out)."""
+    from emocli.corpus.records import DIMENSIONS
+
+    truth, pred = np.asarray(truth, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    return {name: ccc(truth[:, k], pred[:, k]) for k, name in enumerate(DIMENSIONS)}

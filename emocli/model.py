@@ -31,6 +31,9 @@ from emocli.errors import ConfigError
 from emocli.fusion import FUSIONS, View, build_fusion
 
 MODALITIES = ("audio", "text", "both")
+# classes: one emotion category | dimensions: valence, arousal, dominance (regression) | both at once
+TASKS = ("classes", "dimensions", "both")
+N_DIMENSIONS = 3  # valence, arousal, dominance (emocli.corpus.records.DIMENSIONS)
 _MAX_SIZE = 1 << 16  # no sane class count, mel count or hidden width comes near it
 _MAX_WIDTH = 16.0  # 16x AlexNet is already ~15 billion parameters
 __all__ = ["ModelConfig", "EmotionModel", "EmotionOutput", "ModifiedAlexNet", "TextEncoder", "MIN_FRAMES"]
@@ -59,6 +62,7 @@ class ModelConfig:
     # dropped: every utterance has audio at inference, but a transcript may be missing, which is the case
     # this teaches the model to handle.
     modality_dropout: float = 0.0
+    task: str = "classes"  # one of TASKS; "classes" is the paper's model
 
     def __post_init__(self):
         # A run's config.json is untrusted input: sizes must be real, bounded integers before any layer is built.
@@ -69,6 +73,8 @@ class ModelConfig:
         if not isinstance(self.audio_width, (int, float)) or isinstance(self.audio_width, bool) \
                 or not math.isfinite(self.audio_width) or not 0 < self.audio_width <= _MAX_WIDTH:
             raise ConfigError(f"audio_width={self.audio_width!r} must be a number in (0, {_MAX_WIDTH}]")
+        if self.task not in TASKS:
+            raise ConfigError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
         if self.modality not in MODALITIES:
             raise ConfigError(f"modality {self.modality!r} is not one of {', '.join(MODALITIES)}")
         if self.fusion not in FUSIONS:
@@ -101,6 +107,14 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.modality_dropout <= 1.0:
             raise ConfigError(f"dropout must be in [0, 1) and modality_dropout in [0, 1], got "
                               f"{self.dropout} and {self.modality_dropout}")
+
+    @property
+    def predicts_classes(self) -> bool:
+        return self.task in ("classes", "both")
+
+    @property
+    def predicts_dimensions(self) -> bool:
+        return self.task in ("dimensions", "both")
 
     @property
     def uses_audio(self) -> bool:
@@ -136,8 +150,23 @@ class ModelConfig:
 
 @dataclass
 class EmotionOutput:
-    logits: torch.Tensor  # (B, C)
-    loss: torch.Tensor | None = None  # scalar, only when labels were given
+    logits: torch.Tensor | None  # (B, C); None for a model of task "dimensions"
+    loss: torch.Tensor | None = None  # scalar, only when labels (or dimension targets) were given
+    dimensions: torch.Tensor | None = None  # (B, 3) valence, arousal, dominance on the corpus's scale
+
+
+def concordance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Lin's concordance correlation coefficient per column of (N, K) predictions and targets -> (K,); rows with
+    a NaN target are left out of their column. The field's metric for dimensional emotion, and (as 1 - CCC)
+    its usual loss."""
+    known = ~torch.isnan(target)  # (N, K)
+    n = known.sum(dim=0).clamp(min=1)  # (K,)
+    target = torch.where(known, target, 0.0)
+    pred = torch.where(known, pred, 0.0)
+    mean_p, mean_t = pred.sum(0) / n, target.sum(0) / n  # (K,)
+    dp, dt = torch.where(known, pred - mean_p, 0.0), torch.where(known, target - mean_t, 0.0)
+    var_p, var_t, cov = (dp * dp).sum(0) / n, (dt * dt).sum(0) / n, (dp * dt).sum(0) / n
+    return 2 * cov / (var_p + var_t + (mean_p - mean_t) ** 2 + 1e-8)
 
 
 class EmotionModel(nn.Module):
@@ -170,16 +199,27 @@ class EmotionModel(nn.Module):
             text_width = config.text_hidden
         self.fusion = build_fusion(config.fusion, audio_width, text_width, config.fusion_hidden,
                                    config.attention_heads, config.dropout)
-        self.head = nn.Sequential(
+        self.head = self._mlp(config.n_classes) if config.predicts_classes else None  # (B, C)
+        # Ones give plain cross-entropy; the trainer may set inverse class frequencies. Saved with the weights.
+        self.register_buffer("class_weights", torch.ones(config.n_classes))
+        self.dimension_head = None
+        if config.predicts_dimensions:
+            self.dimension_head = self._mlp(N_DIMENSIONS)  # (B, 3) standardised
+            # The training part's mean and std of each dimension: the head learns standardised values (any
+            # corpus scale), and its outputs are mapped back to the corpus's scale. Saved with the weights.
+            self.register_buffer("dimension_mean", torch.zeros(N_DIMENSIONS))
+            self.register_buffer("dimension_std", torch.ones(N_DIMENSIONS))
+        self.train()
+
+    def _mlp(self, outputs: int) -> nn.Sequential:
+        config = self.config
+        return nn.Sequential(
             nn.Dropout(config.dropout),
             nn.Linear(self.fusion.out_features, config.fusion_hidden),  # (B, D)
             nn.ReLU(),
             nn.Dropout(config.dropout),
-            nn.Linear(config.fusion_hidden, config.n_classes),  # (B, C)
+            nn.Linear(config.fusion_hidden, outputs),  # (B, outputs)
         )
-        # Ones give plain cross-entropy; the trainer may set inverse class frequencies. Saved with the weights.
-        self.register_buffer("class_weights", torch.ones(config.n_classes))
-        self.train()
 
     # -- helpers for the trainer, the predictor and the benchmark -------------------------------------------------
 
@@ -193,6 +233,11 @@ class EmotionModel(nn.Module):
         """Per-feature mean and std of the training part's audio frames; a no-op for a text-only model."""
         if self.audio is not None:
             self.audio.set_input_stats(mean, std)
+
+    def set_dimension_stats(self, mean, std) -> None:
+        """The training part's per-dimension mean and std (the scale the dimensional head's outputs are mapped to)."""
+        self.dimension_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.dimension_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-3))
 
     def set_class_weights(self, weights) -> None:
         weights = torch.as_tensor(weights, dtype=torch.float32).flatten()
@@ -228,7 +273,8 @@ class EmotionModel(nn.Module):
         total = self.audio.flops(n_frames) if self.audio is not None else 0
         if self.text is not None and n_tokens > 0:
             total += self.text.flops(n_tokens)
-        for module in (*self.fusion.modules(), *self.head):
+        heads = [*(self.head or ()), *(self.dimension_head or ())]
+        for module in (*self.fusion.modules(), *heads):
             if isinstance(module, nn.Linear):
                 total += 2 * module.in_features * module.out_features
         return total
@@ -238,11 +284,12 @@ class EmotionModel(nn.Module):
     def forward(self, audio: torch.Tensor | None = None, audio_lengths: torch.Tensor | None = None,
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 text_present: torch.Tensor | None = None, text_embeds: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> EmotionOutput:
+                labels: torch.Tensor | None = None, dimension_targets: torch.Tensor | None = None) -> EmotionOutput:
         """audio (B, T, ...) time-major features of the audio branch (log-mel dB (B, T, F), or upstream frames
         (B, T, L, D)) with audio_lengths (B,) valid frames; input_ids and attention_mask (B, L), or text_embeds from
         `encode_text` ((B, H), or (B, L, H) with attention_mask); text_present (B,) bool, False where there is no
-        transcript (no text input at all means no transcript for anyone); labels (B,) for the loss."""
+        transcript (no text input at all means no transcript for anyone); labels (B,) and, for a dimensional model,
+        dimension_targets (B, 3) (NaN: unknown) for the loss: cross-entropy + (1 - mean CCC) for task "both"."""
         sequences = self.config.text_sequences
         audio_view = text_view = None
         if self.audio is not None:
@@ -278,11 +325,21 @@ class EmotionModel(nn.Module):
             else:
                 text_view = View(pooled=torch.where(present[:, None], text, self.missing_text))  # (B, H)
 
-        logits = self.head(self.fusion(audio_view, text_view))  # (B, C)
+        fused = self.fusion(audio_view, text_view)  # (B, F)
+        logits = self.head(fused) if self.head is not None else None  # (B, C)
+        dimensions = standard = None
+        if self.dimension_head is not None:
+            standard = self.dimension_head(fused).float()  # (B, 3)
+            dimensions = standard * self.dimension_std + self.dimension_mean
         loss = None
-        if labels is not None:
+        if logits is not None and labels is not None:
             loss = F.cross_entropy(logits.float(), labels, weight=self.class_weights)
-        return EmotionOutput(logits=logits, loss=loss)
+        if standard is not None and dimension_targets is not None:
+            target = (dimension_targets.float() - self.dimension_mean) / self.dimension_std
+            known = ~torch.isnan(target).all(dim=0)  # dimensions with any target in this batch
+            ccc_loss = 1 - concordance(standard, target)[known].mean() if bool(known.any()) else standard.sum() * 0
+            loss = ccc_loss if loss is None else loss + ccc_loss
+        return EmotionOutput(logits=logits, loss=loss, dimensions=dimensions)
 
     def _with_missing_tokens(self, states: torch.Tensor, attention_mask: torch.Tensor, present: torch.Tensor
                              ) -> tuple[None, torch.Tensor, torch.Tensor]:

@@ -73,20 +73,23 @@ class Prediction:
     id: str
     path: Path
     text: str | None  # the transcript the model read; None when it read none
-    label: str
-    probs: dict[str, float]  # every class, in the run's class order
+    label: str | None  # the class name (angry, happy, ...); None for a dimensions-only model
+    probs: dict[str, float]  # class name -> probability, every class in the run's class order
     audio_only: bool  # predicted without a transcript
     text_source: str = "given"  # where `text` came from: given | asr | none
     asr_confidence: float | None = None  # the recogniser's mean token probability, for text_source asr
     start: float | None = None  # seconds: the utterance's place in a long recording (None: the whole file)
     end: float | None = None
+    # valence, arousal, dominance on the training corpus's scale (IEMOCAP: 1..5), for a dimensional model
+    dimensions: dict[str, float] | None = None
 
     def to_json(self) -> dict:
         return {"id": self.id, "file": str(self.path), "start": _seconds(self.start), "end": _seconds(self.end),
                 "text": self.text, "text_source": self.text_source,
                 "asr_confidence": None if self.asr_confidence is None else round(self.asr_confidence, 4),
                 "label": self.label, "audio_only": self.audio_only,
-                **{f"p_{c}": round(p, 6) for c, p in self.probs.items()}}
+                **{f"p_{c}": round(p, 6) for c, p in self.probs.items()},
+                **{name: round(v, 4) for name, v in (self.dimensions or {}).items()}}
 
 
 def _seconds(value: float | None) -> float | None:
@@ -303,6 +306,7 @@ class Predictor:
         predicted from audio alone)."""
         self.model, self.config, self.tokenizer, self.device = model, config, tokenizer, device
         self.upstream, self.recogniser = upstream, recogniser
+        self.fold: str | None = None  # the fold whose model this is (from_run)
 
     @classmethod
     def from_run(cls, run_dir: Path, fold: str | None = None, device: str = "auto", max_seconds: float | None = None,
@@ -318,6 +322,9 @@ class Predictor:
 
         torch_device = resolve_device(device)
         model, config, tokenizer = load_model(Path(run_dir), fold, str(torch_device))
+        from emocli.bundle import default_fold
+
+        fold = fold if fold is not None else default_fold(config)
         if max_seconds is not None:
             config = dataclasses.replace(config, features=dataclasses.replace(config.features, max_seconds=max_seconds))
         from emocli.encoders import feature_source, load_upstream
@@ -332,11 +339,22 @@ class Predictor:
             from emocli.asr import Recogniser
 
             recogniser = Recogniser.load(asr, device="cuda" if torch_device.type == "cuda" else "cpu")
-        return cls(model, config, tokenizer, torch_device, upstream, recogniser)
+        predictor = cls(model, config, tokenizer, torch_device, upstream, recogniser)
+        predictor.fold = fold
+        return predictor
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return self.config.classes
+        """The class names (angry, happy, ...) in the model's output order: what every prediction is labelled with."""
+        return tuple(self.config.label_set.display.get(c, c) for c in self.config.classes) \
+            if self.config.model.predicts_classes else ()
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        """("valence", "arousal", "dominance") for a dimensional model, else ()."""
+        from emocli.corpus.records import DIMENSIONS
+
+        return DIMENSIONS if self.config.model.predicts_dimensions else ()
 
     @property
     def window_s(self) -> float:
@@ -468,12 +486,18 @@ class Predictor:
         inputs, _ = ModelInputs.build(audio, ids, mask, present if model_cfg.uses_text else None, None
                                       ).batch(np.arange(len(items)), self.device)
         with torch.inference_mode():
-            probs = torch.softmax(self.model(**inputs).logits.float(), dim=-1).cpu().numpy()  # (B, C)
-        return [Prediction(item.id, item.path, item.text if has_text else None, self.classes[int(p.argmax())],
+            out = self.model(**inputs)
+        n = len(items)
+        probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy() if out.logits is not None \
+            else np.zeros((n, 0), np.float32)  # (B, C)
+        dims = out.dimensions.float().cpu().numpy() if out.dimensions is not None else [None] * n  # (B, 3)
+        return [Prediction(item.id, item.path, item.text if has_text else None,
+                           self.classes[int(p.argmax())] if p.size else None,
                            dict(zip(self.classes, map(float, p))), audio_only=not has_text,
                            text_source=item.source_of_text if has_text else "none",
-                           asr_confidence=item.asr_confidence if has_text else None, start=item.start, end=item.end)
-                for item, p, has_text in zip(items, probs, present)]
+                           asr_confidence=item.asr_confidence if has_text else None, start=item.start, end=item.end,
+                           dimensions=dict(zip(self.dimensions, map(float, d))) if d is not None else None)
+                for item, p, d, has_text in zip(items, probs, dims, present)]
 
 
 def _safe(compute: Callable, path: Path, *args) -> np.ndarray | str:
@@ -588,7 +612,8 @@ def _write_rows(handle: io.TextIOBase, predictions: list[Prediction], classes: t
         for p in predictions:
             handle.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
         return
-    fields = [*_CSV_FIELDS, *[f"p_{c}" for c in classes]]
+    dimensions = list(predictions[0].dimensions or {}) if predictions else []
+    fields = [*_CSV_FIELDS, *[f"p_{c}" for c in classes], *dimensions]
     writer = csv.DictWriter(handle, fieldnames=fields)
     writer.writeheader()
     for p in predictions:

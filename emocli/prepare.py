@@ -18,8 +18,8 @@ import numpy as np
 
 from emocli import cache
 from emocli.atomic import check_folder
-from emocli.corpus.records import LabelSet, ReadReport, get_label_set
-from emocli.errors import AudioError, CacheError, CorpusError
+from emocli.corpus.records import MANIFEST_LABELS, LabelSet, ReadReport, get_label_set
+from emocli.errors import AudioError, CacheError, ConfigError, CorpusError
 from emocli.features import FeatureConfig, audio_features, parallel_map, to_float16, tokenize
 from emocli.text_model import DEFAULT_TEXT_MODEL, resolve_text_model, tokenizer_identity
 
@@ -30,7 +30,9 @@ _MANIFEST_SUFFIXES = (".csv", ".tsv")
 @dataclass(frozen=True)
 class PrepareConfig:
     text_model: str = DEFAULT_TEXT_MODEL
-    label_set: str = "4class"
+    # auto (IEMOCAP: 4class; a manifest: its own labels, or 4class when they are IEMOCAP's) | 4class |
+    # 4class-noexc | 6class | all | manifest (a manifest's labels as its classes)
+    label_set: str = "auto"
     tags: str = "keep"  # non-speech tags in transcripts: "keep" (normalised) or "strip"
     features: FeatureConfig = field(default_factory=FeatureConfig)
     workers: int = 0  # 0 = one per core; not fingerprinted, since results do not depend on it
@@ -121,13 +123,14 @@ def _archive_in_use(archive: Path | None, workdir: Path, remove_after: bool):
 
 def _cache_inputs(source: Path, config: PrepareConfig):
     """Everything the cache depends on (its fingerprint's inputs), and the resolved text model."""
-    label_set = get_label_set(config.label_set)
+    label_set = resolve_label_set(source, config.label_set)
     text_ref = resolve_text_model(config.text_model)
     inputs = {
         "feature_config": config.features.to_json(),
         "tokenizer": {"name": text_ref.name, "identity": tokenizer_identity(text_ref), "model_type": text_ref.model_type},
         "label_set": label_set.to_json(),
-        "reader": {"kind": _source_kind(source), "tags": config.tags},
+        # dimensions: caches from before dimensional values were kept must rebuild once to gain them
+        "reader": {"kind": _source_kind(source), "tags": config.tags, "dimensions": True},
         "source": source_identity(source, label_set),
     }
     if config.transcripts == "asr":  # only then: a gold cache keeps the fingerprint it always had
@@ -157,17 +160,30 @@ def _prepare_cache(source: Path, cache_path: Path, config: PrepareConfig, workdi
     return PrepareResult(cache_path, digest, False, summary, report.problems, time.perf_counter() - started)
 
 
+def resolve_label_set(source: Path, name: str) -> LabelSet:
+    """The label set `name` means for this source (a manifest's own labels for `manifest` and, unless they are
+    IEMOCAP's four, for `auto`)."""
+    if _source_kind(source) == "manifest":
+        from emocli.corpus.manifest import resolve_label_set as manifest_set
+
+        return manifest_set(source, name)
+    if name == MANIFEST_LABELS:
+        raise ConfigError("--labels manifest takes the classes from a manifest's label column; an IEMOCAP source "
+                          "has IEMOCAP's sets: 4class, 4class-noexc, 6class or all")
+    return get_label_set(name)
+
+
 def read_source(source: Path, config: PrepareConfig, workdir: Path, progress: ProgressCallback | None = None
                 ) -> ReadReport:
     if _source_kind(source) == "manifest":
         from emocli.corpus.manifest import read_manifest
 
-        return read_manifest(source, get_label_set(config.label_set))
+        return read_manifest(source, resolve_label_set(source, config.label_set))
     from emocli.corpus.iemocap import ReaderConfig, read_iemocap
 
     extract_progress = (lambda done, total: progress("unpack", done, total)) if progress else None
-    return read_iemocap(source, ReaderConfig(label_set=config.label_set, tags=config.tags), workdir,
-                        progress=extract_progress)
+    return read_iemocap(source, ReaderConfig(label_set=resolve_label_set(source, config.label_set).name,
+                                             tags=config.tags), workdir, progress=extract_progress)
 
 
 def _source_kind(source: Path) -> str:
@@ -187,7 +203,7 @@ def source_identity(source: Path, label_set: LabelSet | None = None) -> dict:
         if _source_kind(source) == "manifest":
             from emocli.corpus.manifest import read_manifest
 
-            report = read_manifest(source, label_set or get_label_set("4class"))
+            report = read_manifest(source, label_set or resolve_label_set(source, "auto"))
             listing = [(str(u.audio_path), s.st_size, s.st_mtime_ns) for u in report.utterances
                        for s in [u.audio_path.stat()]]
             # The rows skipped for a missing file count too: the file appearing later must rebuild.
@@ -230,7 +246,7 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
     utterances = report.utterances
     if not utterances:
         raise CorpusError(f"no usable utterances in {report.source}; {_skipped_line(report)}")
-    label_set = get_label_set(config.label_set)
+    label_set = LabelSet.from_json(inputs["label_set"])
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(str(u.audio_path), config.features) for u in utterances]
     failed: set[str] = set()
@@ -262,7 +278,7 @@ def _build(cache_path: Path, report: ReadReport, config: PrepareConfig, text_ref
             raise CorpusError(f"no usable audio in {report.source}: every wav failed to decode "
                               f"(first: {report.problems[-1] if report.problems else 'unknown'})")
         report.utterances = [u for u in utterances if u.utt_id not in failed]
-        summary = report.summary()
+        summary = {**report.summary(), "classes": list(label_set.classes), "display": dict(label_set.display)}
         writer.commit(inputs, summary)
     except OSError as exc:  # a full disk, most often: the previous cache is untouched until the rename
         writer.abort()

@@ -4,6 +4,10 @@ One call trains every fold of a protocol into one run directory (layout: `emocli
     random  the paper's protocol: `repeats` seeded stratified splits of 90 % train / 10 % test; speakers are
             shared between train and test, so the scores overestimate accuracy on new speakers.
     loso    leave one session out: one fold per session, its speakers unseen in training.
+    loso-speaker   leave one speaker out: one fold per speaker (any corpus with a speaker column).
+    speaker-folds  `folds` folds of speakers (StratifiedGroupKFold: no speaker in two folds, classes balanced).
+    all     one final model on all the data (no test part), for `predict` and export; `--like RUN` takes a
+            cross-validated run's settings and the median of its folds' selected epochs.
 A validation part is carved, stratified, from each training part and used only to pick the best epoch.
 
 Reproducibility: batch order is a pure function of (seed, fold, epoch), and every global random generator is
@@ -34,7 +38,9 @@ from emocli.errors import ConfigError
 # (fold name, epoch, epochs, train loss, train accuracy, utterances per second), after every epoch
 ProgressCallback = Callable[[str, int, int, float, float, float], None]
 
-PROTOCOLS = ("random", "loso")
+PROTOCOLS = ("random", "loso", "loso-speaker", "speaker-folds", "all")
+SPEAKER_INDEPENDENT = ("loso", "loso-speaker", "speaker-folds")
+FINAL_FOLD = "all"  # the fold name of `--protocol all`
 RANDOM_PROTOCOL_WARNING = ("protocol 'random' (the paper's) shares speakers between train and test, so its "
                            "scores overestimate accuracy on unseen speakers; use --protocol loso for "
                            "speaker-independent scores")
@@ -44,8 +50,9 @@ _TEXT_EMBED_BATCH = 64  # utterances per encoder call when precomputing frozen t
 
 @dataclass(frozen=True)
 class TrainConfig:
-    protocol: str = "random"  # "random" | "loso"
+    protocol: str = "random"  # one of PROTOCOLS
     repeats: int = 3  # random protocol only: splits with seeds seed, seed+1, ...
+    folds: int = 5  # speaker-folds only: the number of speaker groups
     test_fraction: float = 0.1
     val_fraction: float = 0.1  # of the training part, stratified; picks the best epoch only
     epochs: int = 50
@@ -77,6 +84,7 @@ class TrainConfig:
         checks = [
             (self.protocol in PROTOCOLS, f"protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}"),
             (self.repeats >= 1, f"repeats must be at least 1, not {self.repeats}"),
+            (self.folds >= 2, f"folds must be at least 2, not {self.folds}"),
             (0.0 < self.test_fraction < 1.0, f"test_fraction must be between 0 and 1, not {self.test_fraction}"),
             (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), not {self.val_fraction}"),
             (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
@@ -116,9 +124,10 @@ class Split:
     test: np.ndarray  # the held-out evaluation part
 
 
-def make_splits(labels: np.ndarray, sessions: list[str], classes: tuple[str, ...], config: TrainConfig) -> list[Split]:
+def make_splits(labels: np.ndarray, sessions: list[str], classes: tuple[str, ...], config: TrainConfig,
+                speakers: list[str] | None = None) -> list[Split]:
     """The protocol's folds; ConfigError when the data cannot support it."""
-    from sklearn.model_selection import StratifiedShuffleSplit
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
 
     labels = np.asarray(labels)
     everything = np.arange(len(labels))
@@ -133,20 +142,42 @@ def make_splits(labels: np.ndarray, sessions: list[str], classes: tuple[str, ...
                               f"{counts} — use more data or change the fraction") from None
         return np.sort(indices[keep]), np.sort(indices[held])
 
+    def known(values: list[str] | None, what: str, column: str) -> np.ndarray:
+        values = list(values) if values is not None else ["unknown"] * len(labels)
+        names = sorted(set(values) - {"unknown"})
+        if len(names) < 2 or "unknown" in values:
+            hint = ("use --protocol loso-speaker or speaker-folds (the speakers are known)"
+                    if what == "sessions" and speakers is not None and "unknown" not in speakers
+                    and len(set(speakers)) >= 2 else "use --protocol random (speaker-dependent)")
+            missing = sum(v == "unknown" for v in values)
+            raise ConfigError(f"--protocol {config.protocol} needs at least 2 {what} and every utterance's "
+                              f"{what[:-1]}; the cache has {len(names)} ({', '.join(names[:8]) or 'none'})"
+                              f"{f' and {missing} utterances without one' if missing else ''}; give the manifest a "
+                              f"{column} column, or {hint}")
+        return np.asarray(values)
+
     parts: list[tuple[str, np.ndarray, np.ndarray, int]] = []  # name, train (with val), test, seed
     if config.protocol == "random":
         for r in range(config.repeats):
             train, test = shuffle_split(everything, config.test_fraction, config.seed + r, "the corpus")
             parts.append((f"random-{r}", train, test, config.seed + r))
-    else:
-        names = sorted(set(sessions))
-        if len(names) < 2:
-            raise ConfigError(f"leave-one-session-out needs at least 2 sessions; the cache has {len(names)} "
-                              f"({', '.join(names) or 'none'}); use --protocol random")
-        session_of = np.asarray(sessions)
-        for name in names:
-            parts.append((f"loso-{name}", everything[session_of != name], everything[session_of == name],
-                          config.seed))
+    elif config.protocol in ("loso", "loso-speaker"):
+        by_session = config.protocol == "loso"
+        groups = known(sessions if by_session else speakers, "sessions" if by_session else "speakers",
+                       "session" if by_session else "speaker")
+        prefix = "loso" if by_session else "speaker"
+        for name in sorted(set(groups)):
+            parts.append((f"{prefix}-{name}", everything[groups != name], everything[groups == name], config.seed))
+    elif config.protocol == "speaker-folds":
+        groups = known(speakers, "speakers", "speaker")
+        if len(set(groups)) < config.folds:
+            raise ConfigError(f"--folds {config.folds} needs at least {config.folds} speakers; the cache has "
+                              f"{len(set(groups))}: use --folds {len(set(groups))} or fewer")
+        splitter = StratifiedGroupKFold(n_splits=config.folds, shuffle=True, random_state=config.seed)
+        for k, (train, test) in enumerate(splitter.split(everything, labels, groups)):
+            parts.append((f"speakers-{k}", train, test, config.seed))
+    else:  # all: the final model; its validation part (if any) still picks the epoch
+        parts.append((FINAL_FOLD, everything, np.zeros(0, dtype=np.int64), config.seed))
 
     splits = []
     for i, (name, train, test, seed) in enumerate(parts):
@@ -162,23 +193,42 @@ def make_splits(labels: np.ndarray, sessions: list[str], classes: tuple[str, ...
     return splits
 
 
+def final_settings(cv_run: Path, device: str | None = None, precision: str | None = None):
+    """(ModelConfig, TrainConfig) of a final model: a cross-validated run's settings, trained on all the data for
+    the median of the epochs its folds selected on their validation parts (so no data is held back for choosing
+    the epoch, and the choice was made without the test folds)."""
+    run = bundle.open_run(Path(cv_run))
+    settings = TrainConfig.from_json(run.config.train)
+    if settings.protocol == "all":
+        raise ConfigError(f"{cv_run} is itself a final model (--protocol all); give --like a cross-validated run")
+    epochs = [int(result["epoch"]) for name in run.config.folds for result in [run.fold(name).result()]
+              if result is not None]
+    if not epochs:
+        raise ConfigError(f"no fold of {cv_run} has finished; finish it (rerun its `emocli train`) before --like")
+    chosen = max(1, int(round(float(np.median(epochs)))))
+    final = replace(settings, protocol="all", epochs=chosen, val_fraction=0.0, select_best=False,
+                    device=device or settings.device, precision=precision or settings.precision)
+    return run.config.model, final
+
+
 # --------------------------------------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
 class FoldResult:
     name: str
-    wa: float
-    ua: float
-    macro_f1: float
+    wa: float | None  # None: a final model (--protocol all) has no test part to score
+    ua: float | None
+    macro_f1: float | None
     epoch: int  # the epoch whose weights were tested
     n_train: int
     n_val: int
     n_test: int
+    ccc: float | None = None  # mean concordance over valence, arousal, dominance (dimensional models)
 
     @classmethod
     def from_json(cls, data: dict) -> "FoldResult":
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -318,7 +368,7 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
         check_token_ids(data.input_ids, read_encoder_config(text_ref.path).get("vocab_size"), cache_path)
         model_config = replace(model_config, text_hidden=encoder_hidden_size(text_ref))
     classes = data.meta.classes
-    splits = make_splits(data.labels, data.sessions, classes, train_config)
+    splits = make_splits(data.labels, data.sessions, classes, train_config, data.speakers)
     run_config = bundle.RunConfig(model=model_config, train=train_config.to_json(),
                                   features=inputs.features, label_set=inputs.label_set,
                                   tokenizer=inputs.tokenizer,
@@ -352,7 +402,9 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
         for split in splits:
             results.append(_train_fold(run, split, data, stage, corpus, model_config, train_config, dist_,
                                        progress, resumed))
-        aggregate = metrics.aggregate([asdict(r) for r in results])
+        scored = [asdict(r) for r in results if r.n_test]
+        keys = [k for k in ("wa", "ua", "macro_f1", "ccc") if scored and scored[0][k] is not None]
+        aggregate = metrics.aggregate(scored, keys) if scored else {}
         summary = TrainSummary(Path(run_dir), train_config.protocol, results, aggregate,
                                protocol_warnings(train_config), resumed)
         if dist_.main:
@@ -420,6 +472,8 @@ def _train_fold(run, split: Split, data, stage, corpus, model_config, train_conf
         from emocli.batch import audio_arrays
 
         model.audio.fit_inputs(*audio_arrays(data, model_config, stage), split.train)
+    if model_config.predicts_dimensions:  # buffers of the model: the scale its dimensional head maps back to
+        model.set_dimension_stats(*_dimension_stats(data, split.train))
     if train_config.class_weighted:  # a buffer of the model: saved with its weights, used by its loss
         model.set_class_weights(torch.from_numpy(_class_weights(data.labels[split.train], len(data.meta.classes))))
     freeze = bool(model_config.freeze_text) and model_config.uses_text
@@ -460,12 +514,10 @@ def _train_fold(run, split: Split, data, stage, corpus, model_config, train_conf
         scheduler.step()
         if dist_.main:
             if len(split.val):
-                probs, val_loss = _predict(model, corpus, split.val, train_config.batch_size, autocast)
-                y_val, p_val = data.labels[split.val], probs.argmax(axis=1)
-                record.update(val_loss=val_loss, val_acc=metrics.accuracy(y_val, p_val),
-                              val_ua=metrics.unweighted_accuracy(y_val, p_val))
-                if train_config.select_best and record["val_ua"] > state.best["val_ua"]:
-                    state.best = {"epoch": epoch, "val_ua": record["val_ua"]}
+                probs, dims, val_loss = _predict(model, corpus, split.val, train_config.batch_size, autocast)
+                record.update(val_loss=val_loss, **_validation_scores(data, split.val, probs, dims))
+                if train_config.select_best and record["val_score"] > state.best["val_score"]:
+                    state.best = {"epoch": epoch, "val_score": record["val_score"]}
                     state.best_weights = {k: v.detach().to("cpu", copy=True)
                                           for k, v in bundle.model_state(model, freeze).items()}
             state.epoch = epoch
@@ -492,7 +544,7 @@ class _FoldState:
 
     epoch: int = 0  # the last finished epoch
     history: list = field(default_factory=list)  # one record per finished epoch
-    best: dict = field(default_factory=lambda: {"epoch": 0, "val_ua": -1.0})
+    best: dict = field(default_factory=lambda: {"epoch": 0, "val_score": -float("inf")})
     best_weights: dict | None = None  # the model state of the best epoch (select_best)
 
 
@@ -520,7 +572,8 @@ def _train_epoch(net, optimizer, corpus, split: Split, train_config: TrainConfig
         out.loss.backward()
         optimizer.step()
         loss_sum += out.loss.detach().double() * len(mine)
-        correct += (out.logits.detach().argmax(dim=1) == labels).sum()
+        if out.logits is not None:
+            correct += (out.logits.detach().argmax(dim=1) == labels).sum()
         seen += len(mine)
     # float() waits for the last step: the epoch's timing is honest.
     loss_sum, correct, seen = _all_sum([float(loss_sum), float(correct), seen], dist_)
@@ -529,8 +582,40 @@ def _train_epoch(net, optimizer, corpus, split: Split, train_config: TrainConfig
                           f"--lr (now {lr}), or check the cache for NaN or infinite features (rebuild it with "
                           f"`emocli prepare`)")
     seconds = time.perf_counter() - started
-    return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+    accuracy = correct / max(seen, 1) if net_predicts_classes(net) else None  # None: a dimensions-only model
+    return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": accuracy,
             "utt_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
+
+
+def net_predicts_classes(net) -> bool:
+    return getattr(net, "module", net).config.predicts_classes  # DDP wraps the model in .module
+
+
+def _dimension_stats(data, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std (ddof 0) of the training part's known values; ConfigError without any."""
+    if data.dimensions is None or np.isnan(data.dimensions[indices]).all():
+        raise ConfigError("the cache has no valence/arousal/dominance values: IEMOCAP gives them in its EmoEvaluation "
+                          "lines, a manifest in columns valence,arousal,dominance; add them and rerun `emocli "
+                          "prepare`, or train --task classes")
+    values = data.dimensions[indices]
+    mean = np.nan_to_num(np.nanmean(values, axis=0), nan=0.0)
+    std = np.nan_to_num(np.nanstd(values, axis=0), nan=1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _validation_scores(data, indices: np.ndarray, probs: np.ndarray | None, dims: np.ndarray | None) -> dict:
+    """The validation part's scores and `val_score`, the one number the best epoch is chosen by: UA for a
+    classifier, mean CCC for a dimensional model, their mean for both."""
+    record, parts = {}, []
+    if probs is not None:
+        y_val, p_val = data.labels[indices], probs.argmax(axis=1)
+        record.update(val_acc=metrics.accuracy(y_val, p_val), val_ua=metrics.unweighted_accuracy(y_val, p_val))
+        parts.append(record["val_ua"])
+    if dims is not None:
+        record["val_ccc"] = float(np.mean(list(metrics.ccc_per_dimension(data.dimensions[indices], dims).values())))
+        parts.append(record["val_ccc"])
+    record["val_score"] = float(np.mean(parts))
+    return record
 
 
 def _finish_fold(fold, split: Split, data, corpus, model, freeze: bool, state: _FoldState,
@@ -540,14 +625,29 @@ def _finish_fold(fold, split: Split, data, corpus, model, freeze: bool, state: _
     if train_config.select_best and state.best_weights is not None:
         bundle.load_model_state(model, state.best_weights, freeze, fold.checkpoint_path)
         tested_epoch = state.best["epoch"]
-    probs, _ = _predict(model, corpus, split.test, train_config.batch_size, autocast)  # (n_test, C)
+    if not len(split.test):  # the final model: nothing held out, nothing to score
+        result = FoldResult(split.name, None, None, None, tested_epoch, len(split.train), len(split.val), 0)
+        fold.save_final(bundle.model_state(model, freeze), [], asdict(result))
+        return result
+    probs, dims, _ = _predict(model, corpus, split.test, train_config.batch_size, autocast)  # (n, C), (n, 3)
     classes = data.meta.classes
-    y_true, y_pred = data.labels[split.test], probs.argmax(axis=1)
-    scores = metrics.scores(y_true, y_pred, classes)
-    result = FoldResult(split.name, scores["wa"], scores["ua"], scores["macro_f1"], tested_epoch,
-                        len(split.train), len(split.val), len(split.test))
-    predictions = [{"utt_id": data.utt_ids[i], "true": classes[int(t)], "pred": classes[int(p)],
-                    "probs": [float(x) for x in row]} for i, t, p, row in zip(split.test, y_true, y_pred, probs)]
+    y_true = data.labels[split.test]
+    predictions = [{"utt_id": data.utt_ids[i], "true": classes[int(t)]} for i, t in zip(split.test, y_true)]
+    scores: dict = {}
+    if probs is not None:
+        y_pred = probs.argmax(axis=1)
+        scores = metrics.scores(y_true, y_pred, classes)
+        for row, p, pr in zip(predictions, y_pred, probs):
+            row.update(pred=classes[int(p)], probs=[float(x) for x in pr])
+    if dims is not None:
+        truth = data.dimensions[split.test]
+        scores["ccc"] = metrics.ccc_per_dimension(truth, dims)
+        for row, t, d in zip(predictions, truth, dims):
+            row.update(true_dimensions=[None if np.isnan(x) else float(x) for x in t],
+                       dimensions=[float(x) for x in d])
+    result = FoldResult(split.name, scores.get("wa"), scores.get("ua"), scores.get("macro_f1"), tested_epoch,
+                        len(split.train), len(split.val), len(split.test),
+                        float(np.mean(list(scores["ccc"].values()))) if "ccc" in scores else None)
     fold.save_final(bundle.model_state(model, freeze), predictions, {**asdict(result), "scores": scores})
     return result
 
@@ -590,14 +690,15 @@ def _text_embeddings(model, corpus, dist_: _Dist):
     return torch.cat(out)  # (N, H) or (N, L, H) on the training device
 
 
-def _predict(model, corpus, indices: np.ndarray, batch_size: int, autocast) -> tuple[np.ndarray, float]:
-    """(probabilities (n, C) float32, mean loss) of `indices` in order, in eval mode."""
+def _predict(model, corpus, indices: np.ndarray, batch_size: int, autocast
+             ) -> tuple[np.ndarray | None, np.ndarray | None, float]:
+    """(probabilities (n, C) or None, dimensions (n, 3) or None, mean loss) of `indices` in order, in eval mode."""
     import torch
 
     from emocli.batch import inference_batch_size
 
     model.eval()
-    probs, loss_sum = [], 0.0
+    probs, dims, loss_sum = [], [], 0.0
     step = inference_batch_size(model, batch_size * _EVAL_BATCH_FACTOR)
     with torch.no_grad():
         for start in range(0, len(indices), step):
@@ -605,11 +706,13 @@ def _predict(model, corpus, indices: np.ndarray, batch_size: int, autocast) -> t
             with autocast:
                 out = model(**kwargs, labels=labels)
             loss_sum += float(out.loss) * len(labels)  # the batch mean back to a sum
-            probs.append(torch.softmax(out.logits.float(), dim=1).cpu())  # (B, C)
+            if out.logits is not None:
+                probs.append(torch.softmax(out.logits.float(), dim=1).cpu())  # (B, C)
+            if out.dimensions is not None:
+                dims.append(out.dimensions.float().cpu())  # (B, 3)
     model.train()
-    if not probs:
-        return np.zeros((0, 0), np.float32), 0.0
-    return torch.cat(probs).numpy().astype(np.float32), loss_sum / len(indices)
+    joined = [torch.cat(parts).numpy().astype(np.float32) if parts else None for parts in (probs, dims)]
+    return joined[0], joined[1], loss_sum / max(len(indices), 1)
 
 
 def _save_checkpoint(fold, model, optimizer, scheduler, freeze: bool, state: _FoldState, dist_: _Dist) -> None:
@@ -630,7 +733,10 @@ def _restore(checkpoint: tuple[dict, dict], model, optimizer, scheduler, freeze:
     optimizer.load_state_dict(bundle.unflatten_optimizer(tensors, saved["optimizer"]))
     scheduler.load_state_dict(saved["scheduler"])
     _set_rng_state(tensors, saved["rng"], dist_)
-    return _FoldState(epoch=saved["epoch"], history=saved["history"], best=saved["best"],
+    best = saved["best"]
+    if "val_score" not in best:  # a checkpoint from before dimensional models: selected on UA alone
+        best = {"epoch": best["epoch"], "val_score": best["val_ua"]}
+    return _FoldState(epoch=saved["epoch"], history=saved["history"], best=best,
                       best_weights=strip("best.") or None)
 
 
@@ -643,8 +749,8 @@ def _tensorboard(fold, resuming: bool):
 
 
 def _log_scalars(writer, record: dict) -> None:
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_ua", "lr", "utt_per_s"):
-        if key in record:
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_ua", "val_ccc", "lr", "utt_per_s"):
+        if record.get(key) is not None:
             group, _, name = key.partition("_") if key.startswith(("train", "val")) else ("misc", "", key)
             writer.add_scalar(f"{group}/{name}", record[key], record["epoch"])
     writer.flush()

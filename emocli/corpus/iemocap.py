@@ -60,7 +60,7 @@ def label_dropped(code: str) -> str:
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    label_set: str = "4class"  # key of LABEL_SETS: "4class" (exc merged into hap) or "4class-noexc"
+    label_set: str = "4class"  # key of LABEL_SETS: 4class (exc merged into hap), 4class-noexc, 6class, all
     tags: str = "keep"  # "keep": non-speech tags kept, upper-cased; "strip": removed
 
     def __post_init__(self) -> None:
@@ -326,7 +326,8 @@ class _Reader:
         sess = f"Ses0{match['sess']}"
         # The speaker is the turn's letter after the last underscore, not the mocap wearer after "Ses0N".
         return Utterance(utt_id=utt, audio_path=wav, text=normalise_text(raw_text, self.tags), label=label,
-                         raw_label=entry.code, speaker=sess + match["spk"], session=sess)
+                         raw_label=entry.code, speaker=sess + match["spk"], session=sess,
+                         dimensions=(entry.v, entry.a, entry.d))
 
     def usable_wav(self, wav: Path, utt: str) -> bool:
         try:

@@ -1,8 +1,9 @@
 """Your own corpus as a CSV or TSV manifest -> `Utterance` records.
 
-Header `path,label` plus optional `text` (none: recordings without transcripts), `speaker`, `session`, `id`. Paths are relative to the manifest's
-folder. A label may be a corpus code (`exc`, mapped by the label set), a class (`hap`) or its display name
-(`happy`). Bad rows are skipped with one line naming the row's line number; a file that cannot be a
+Header `path,label` plus optional `text` (none: recordings without transcripts), `speaker`, `session`, `id` and
+`valence,arousal,dominance` (numbers on any scale; empty = unknown). Paths are relative to the manifest's folder.
+With an IEMOCAP label set a label may be a corpus code (`exc`, mapped by the label set), a class (`hap`) or its
+display name (`happy`); with the manifest's own label set (`manifest_label_set`) the classes are its labels. Bad rows are skipped with one line naming the row's line number; a file that cannot be a
 manifest at all is an error.
 """
 
@@ -15,14 +16,43 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from emocli.corpus.iemocap import IEMOCAP_CODES, decode_text, label_dropped
-from emocli.corpus.records import LabelSet, ReadReport, Utterance
+from emocli.corpus.records import (AUTO_LABELS, DIMENSIONS, LABEL_SETS, MANIFEST_LABELS, LabelSet, ReadReport,
+                                   Utterance, get_label_set, manifest_label_set)
 from emocli.errors import CorpusError
 
 REQUIRED_COLUMNS = ("path", "label")  # no text column: recordings without transcripts (prepare --transcripts asr)
-OPTIONAL_COLUMNS = ("speaker", "session", "id")
+OPTIONAL_COLUMNS = ("speaker", "session", "id", *DIMENSIONS)
 UNKNOWN = "unknown"
 BAD_ROW = "bad manifest row"
-_HEADER_HINT = "its first line must name the columns path,label (optional: text,speaker,session,id)"
+_HEADER_HINT = ("its first line must name the columns path,label (optional: text,speaker,session,id,"
+                "valence,arousal,dominance)")
+
+
+def manifest_labels(path: Path) -> list[str]:
+    """The label column's values, as written (rows of any quality): what a manifest's own label set is made of."""
+    path = Path(path)
+    text = _read(path)
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(path, text))
+    columns, _ = _header(path, rows)
+    try:
+        return [row[columns["label"]].strip().lower() for row in rows if len(row) > columns["label"]]
+    except csv.Error as e:
+        raise CorpusError(f"{path} line {rows.line_num} cannot be parsed as CSV ({e}); check its quoting") from None
+
+
+def resolve_label_set(path: Path, name: str) -> LabelSet:
+    """The label set a manifest is read with: a named IEMOCAP set; `manifest`: its own labels as classes; `auto`:
+    IEMOCAP's 4class when every label is one of its codes or names (angry, hap, exc, ...), else its own labels."""
+    if name not in (AUTO_LABELS, MANIFEST_LABELS):
+        return get_label_set(name)
+    labels = [label for label in manifest_labels(path) if label]
+    four = _label_lookup(LABEL_SETS["4class"])
+    if name == AUTO_LABELS and labels and all(label in four for label in labels):
+        return LABEL_SETS["4class"]
+    try:
+        return manifest_label_set(labels)
+    except Exception as exc:
+        raise CorpusError(f"manifest {path}: {exc}") from None
 
 
 def read_manifest(path: Path, label_set: LabelSet) -> ReadReport:
@@ -155,7 +185,25 @@ def _row(row: list[str], columns: dict[str, int], width: int, folder: Path, labe
     return Utterance(utt_id=_field(row, columns, "id") or _default_id(audio, folder), audio_path=audio,
                      text=" ".join(_field(row, columns, "text").split()), label=label, raw_label=raw_label,
                      speaker=_field(row, columns, "speaker") or UNKNOWN,
-                     session=_field(row, columns, "session") or UNKNOWN)
+                     session=_field(row, columns, "session") or UNKNOWN,
+                     dimensions=_dimensions(row, columns))
+
+
+def _dimensions(row: list[str], columns: dict[str, int]) -> tuple[float, float, float] | None:
+    """Valence, arousal, dominance of a row (NaN where empty); None when the manifest has none of the columns."""
+    if not any(name in columns for name in DIMENSIONS):
+        return None
+    values = []
+    for name in DIMENSIONS:
+        written = _field(row, columns, name)
+        try:
+            value = float(written) if written else float("nan")
+        except ValueError:
+            raise _BadRow(f"{name} {written[:40]!r} is not a number") from None
+        if value in (float("inf"), float("-inf")):
+            raise _BadRow(f"{name} {written[:40]!r} is not a finite number")
+        values.append(value)
+    return values[0], values[1], values[2]
 
 
 def _default_id(audio: Path, folder: Path) -> str:

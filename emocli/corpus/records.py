@@ -20,6 +20,9 @@ class Utterance:
     raw_label: str  # the corpus's own code, e.g. "exc"
     speaker: str  # IEMOCAP: session + the turn's speaker letter, e.g. "Ses01M"
     session: str  # IEMOCAP: "Ses01"
+    # Valence, arousal (IEMOCAP: activation), dominance as the corpus gives them (IEMOCAP: 1..5, the raters'
+    # mean); None where the corpus has none.
+    dimensions: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -43,25 +46,52 @@ class LabelSet:
                    display=dict(data["display"]))
 
 
-_DISPLAY = {"ang": "angry", "hap": "happy", "sad": "sad", "neu": "neutral"}
+DIMENSIONS = ("valence", "arousal", "dominance")  # IEMOCAP's [V, A, D]; A is "activation" in its files
+
+_DISPLAY = {"ang": "angry", "hap": "happy", "sad": "sad", "neu": "neutral", "exc": "excited", "fru": "frustrated",
+            "sur": "surprised", "fea": "fearful", "dis": "disgusted", "oth": "other"}
 # The paper's table order: angry, happy, sad, neutral.
 _FOUR = ("ang", "hap", "sad", "neu")
+_SIX = ("ang", "hap", "sad", "neu", "exc", "fru")
+# Every IEMOCAP code with a consensus; xxx (the raters did not agree) has no class and is dropped.
+_ALL = ("ang", "hap", "sad", "neu", "exc", "fru", "sur", "fea", "dis", "oth")
+
+
+def _iemocap_set(name: str, classes: tuple[str, ...], merged: dict[str, str] | None = None) -> LabelSet:
+    return LabelSet(name, classes, {**{c: c for c in classes}, **(merged or {})}, {c: _DISPLAY[c] for c in classes})
+
 
 LABEL_SETS: dict[str, LabelSet] = {
     # The field's standard 4-class set: excited merged into happy (5,531 utterances on the real corpus).
-    "4class": LabelSet("4class", _FOUR, {"ang": "ang", "hap": "hap", "exc": "hap", "sad": "sad", "neu": "neu"},
-                       _DISPLAY),
+    "4class": _iemocap_set("4class", _FOUR, {"exc": "hap"}),
     # The older variant without excited (4,490 utterances on the real corpus).
-    "4class-noexc": LabelSet("4class-noexc", _FOUR, {"ang": "ang", "hap": "hap", "sad": "sad", "neu": "neu"},
-                             _DISPLAY),
+    "4class-noexc": _iemocap_set("4class-noexc", _FOUR),
+    # The six most frequent categories, excited and frustrated as classes of their own (7,380 on the real corpus).
+    "6class": _iemocap_set("6class", _SIX),
+    "all": _iemocap_set("all", _ALL),
 }
+# A manifest's own labels: the classes are whatever names its label column holds (`manifest_label_set`).
+MANIFEST_LABELS = "manifest"
+# IEMOCAP's reader uses 4class; a manifest its own labels, or 4class when they are IEMOCAP's four (and exc).
+AUTO_LABELS = "auto"
+LABEL_SET_CHOICES = (AUTO_LABELS, *LABEL_SETS, MANIFEST_LABELS)
+
+
+def manifest_label_set(names: list[str]) -> LabelSet:
+    """The label set of a manifest that brings its own classes: one class per distinct name, sorted, so the
+    order (model output, confusion matrix) does not depend on the manifest's row order."""
+    classes = tuple(sorted({n.strip().lower() for n in names if n.strip()}))
+    if len(classes) < 2:
+        raise ConfigError(f"a label set needs at least 2 classes; the manifest's labels are {list(classes)}")
+    return LabelSet(MANIFEST_LABELS, classes, {c: c for c in classes}, {c: _DISPLAY.get(c, c) for c in classes})
 
 
 def get_label_set(name: str) -> LabelSet:
+    """A named IEMOCAP label set; `auto` is IEMOCAP's 4class (a manifest reader resolves it from its rows)."""
     try:
-        return LABEL_SETS[name]
+        return LABEL_SETS["4class" if name == AUTO_LABELS else name]
     except KeyError:
-        raise ConfigError(f"unknown label set {name!r}; choose one of: {', '.join(LABEL_SETS)}") from None
+        raise ConfigError(f"unknown label set {name!r}; choose one of: {', '.join(LABEL_SET_CHOICES)}") from None
 
 
 @dataclass
