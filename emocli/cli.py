@@ -340,27 +340,20 @@ def train(
 
     Example: emocli train data/cache.h5 --run runs/loso --protocol loso
     """
-    from emocli.cache import read_meta
-    from emocli.encoders import audio_branch
-    from emocli.model import ModelConfig
+    from emocli.api import model_config_for
     from emocli.train import TrainConfig, protocol_warnings
     from emocli.train import train as run_training
 
-    inputs = read_meta(cache_path).typed_inputs(cache_path)
     if modality == "text" and (audio_encoder != "alexnet" or finetune_audio):
         raise EmocliError("--audio-encoder and --finetune-audio choose the audio branch; a --modality text model has "
                           "none — drop them, or train --modality both or audio")
     if audio_lr and not finetune_audio:
         raise EmocliError("--audio-lr is the fine-tuned speech encoder's learning rate; add --finetune-audio, or drop it")
-    encoder, upstream = audio_branch(audio_encoder, compute_type, finetune_audio) if modality != "text" \
-        else ("alexnet", {})
-    model_config = ModelConfig(
-        n_classes=len(inputs.label_set.classes), n_mels=inputs.features.n_mels, modality=modality,
-        fusion=fusion, audio_encoder=encoder, audio_upstream=upstream, audio_hidden=audio_hidden,
-        audio_context=audio_context,
-        audio_width=audio_width, text_model=text_model or inputs.tokenizer["name"],
-        freeze_text=freeze_text, dropout=dropout, modality_dropout=modality_dropout if modality == "both" else 0.0,
-        task=task)
+    model_config = model_config_for(
+        cache_path, modality=modality, fusion=fusion, audio_encoder=audio_encoder, compute_type=compute_type,
+        finetune_audio=finetune_audio, audio_hidden=audio_hidden, audio_context=audio_context,
+        audio_width=audio_width, **({"text_model": text_model} if text_model else {}), freeze_text=freeze_text,
+        dropout=dropout, modality_dropout=modality_dropout if modality == "both" else 0.0, task=task)
     train_config = TrainConfig(protocol=protocol, repeats=repeats, folds=folds, epochs=epochs, batch_size=batch_size, lr=lr,
                                step_size=step_size, gamma=gamma, class_weighted=class_weighted, seed=seed,
                                weight_decay=weight_decay, audio_lr=audio_lr,

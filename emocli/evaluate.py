@@ -407,7 +407,7 @@ def _curves_figure(histories: dict[str, list[dict]], tested: dict[str, int | Non
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[0].legend(fontsize=7, loc="upper right")
     figure.suptitle("training curves (solid: train, dashed: validation; circle: the epoch tested)", fontsize=10)
     return figure
 

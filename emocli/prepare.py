@@ -67,6 +67,8 @@ class PrepareResult:
 def prepare(source: Path, cache_path: Path, config: PrepareConfig = PrepareConfig(), workdir: Path | None = None,
             progress: ProgressCallback | None = None) -> PrepareResult:
     """The cache of `source` (built, or found up to date), then the embedding stage of `config.audio_encoder`."""
+    source, cache_path = Path(source), Path(cache_path)  # a notebook passes strings
+    workdir = Path(workdir) if workdir is not None else None
     upstream = None
     if config.audio_encoder:  # resolved first: a misspelt encoder fails before minutes of features
         from emocli.encoders import audio_branch

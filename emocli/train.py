@@ -353,6 +353,8 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
     """Train every fold of `train_config.protocol` on the cache into `run_dir`; resume whatever is unfinished."""
     import torch
 
+    cache_path, run_dir = Path(cache_path), Path(run_dir)  # a notebook passes strings
+
     from emocli.cache import read_cache
 
     train_config.validate()

@@ -175,7 +175,7 @@ def test_a_long_recording_becomes_a_timeline(run, long_recording, tmp_path):
     for row, (start, end, _) in zip(rows, truth):
         assert abs(float(row["start"]) - start) < 0.35 and abs(float(row["end"]) - end) < 0.35
         assert row["text_source"] == "asr" and row["text"]
-        assert sum(float(row[f"p_{c}"]) for c in ("ang", "hap", "sad", "neu")) == pytest.approx(1, abs=1e-4)
+        assert sum(float(row[f"p_{c}"]) for c in ("angry", "happy", "sad", "neutral")) == pytest.approx(1, abs=1e-4)
     png = tmp_path / "plots" / "session.wav.timeline.png"
     assert png.read_bytes().startswith(b"\x89PNG")
     assert "share of speech time per emotion" in result.stdout

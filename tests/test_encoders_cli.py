@@ -113,7 +113,7 @@ def test_a_toy_encoder_from_the_tests_trains_evaluates_and_predicts_through_the_
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == len(list(folder.glob("*.wav"))) >= 3, (result.stdout, result.stderr)
-    assert all(r["label"] in ("ang", "hap", "sad", "neu") for r in rows)
+    assert all(r["label"] in ("angry", "happy", "sad", "neutral") for r in rows)
     # The toy really ran: its weights are in the fold's model.
     from safetensors.torch import load_file
 

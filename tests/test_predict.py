@@ -30,7 +30,7 @@ from emocli.train import TrainConfig, train
 runner = CliRunner()
 FEATURES = FeatureConfig(n_mels=64, max_tokens=16)  # not the defaults (128 mel bins): predict must read the run's
 TINY_TRAIN = TrainConfig(repeats=1, epochs=2, batch_size=8, lr=3e-3, device="cpu")
-CLASSES = ("ang", "hap", "sad", "neu")
+CLASSES = ("angry", "happy", "sad", "neutral")  # predictions name classes as eval does
 N_WITH_TEXT = 6  # of the input folder's files, these have a <name>.txt beside them
 
 

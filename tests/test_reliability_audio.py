@@ -197,7 +197,7 @@ def test_predict_decodes_or_skips_each_file_with_one_line(audio, run, tmp_path):
         rows = list(csv.DictReader(handle))
     assert sorted(row["id"] for row in rows) == DECODED
     for row in rows:
-        probs = np.array([float(row[f"p_{c}"]) for c in ("ang", "hap", "sad", "neu")])
+        probs = np.array([float(row[f"p_{c}"]) for c in ("angry", "happy", "sad", "neutral")])
         assert np.isfinite(probs).all() and probs.sum() == pytest.approx(1.0, abs=1e-5)
 
 

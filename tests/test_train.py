@@ -34,12 +34,17 @@ TIMING = ("seconds", "utt_per_s")  # the only fields of a run that may differ be
 # --------------------------------------------------------------------------------------------- the tiny cache
 
 
+# Valence, arousal, dominance per class (IEMOCAP's 1..5 scale) for caches made with dimensions=True.
+VAD = {"ang": (1.6, 4.0, 4.0), "hap": (4.2, 3.4, 3.2), "sad": (1.8, 2.0, 2.2), "neu": (3.0, 2.5, 2.8)}
+
+
 def make_cache(path: Path, bert_dir: Path, sessions: int = 3, per_class: int = 5, seed: int = 0,
-               classes_in: dict[int, tuple[str, ...]] | None = None) -> Path:
+               classes_in: dict[int, tuple[str, ...]] | None = None, dimensions: bool = False) -> Path:
     """A cache of `sessions` x 4 classes x `per_class` utterances of 0.4-0.7 s, written with CacheWriter.
 
     Each class raises its own quarter of the mel bands by 12 dB over -50 dB noise, and its transcript carries
     its own words, so both views are learnable. `classes_in` restricts a session (1-based) to some classes.
+    `dimensions`: each utterance gets its class's valence/arousal/dominance plus noise (sd 0.3).
     """
     label_set = LABEL_SETS["4class"]
     ref = resolve_text_model(bert_dir)
@@ -54,8 +59,10 @@ def make_cache(path: Path, bert_dir: Path, sessions: int = 3, per_class: int = 5
             for k in range(per_class):
                 gender = "FM"[k % 2]
                 uid = f"Ses{s:02d}{gender}_impro01_{gender}{c}{k:02d}"
+                vad = tuple(float(v) for v in np.asarray(VAD[name]) + 0.3 * rng.standard_normal(3)) \
+                    if dimensions else None
                 utts.append(Utterance(uid, Path(f"/synthetic/{uid}.wav"), f"{WORDS[name]} number {k}", name, name,
-                                      f"Ses{s:02d}{gender}", f"Ses{s:02d}"))
+                                      f"Ses{s:02d}{gender}", f"Ses{s:02d}", vad))
                 spec = -50.0 + 5.0 * rng.standard_normal((N_MELS, int(rng.integers(40, 70))))  # (F, T) dB
                 spec[c * band:(c + 1) * band] += 12.0
                 specs.append(spec.astype(np.float32))
@@ -67,7 +74,7 @@ def make_cache(path: Path, bert_dir: Path, sessions: int = 3, per_class: int = 5
     inputs = {"feature_config": features.to_json(), "label_set": label_set.to_json(),
               "tokenizer": {"name": str(bert_dir), "identity": tokenizer_identity(ref), "model_type": ref.model_type},
               "reader": {"kind": "synthetic"}, "source": {"seed": seed, "sessions": sessions, "per_class": per_class,
-                                                          "classes_in": str(classes_in)}}
+                                                          "classes_in": str(classes_in), "dimensions": dimensions}}
     writer.commit(inputs, {"utterances": len(utts)})
     return path
 
