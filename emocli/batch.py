@@ -28,10 +28,23 @@ def resolve_device(name: str) -> torch.device:
     if name not in DEVICES:
         raise ConfigError(f"--device {name!r} is not one of {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+        raise ConfigError(cuda_missing_line())
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# The CUDA wheel index of the pinned torch (README, "GPU"); the default index gives a CPU build on these machines.
+CUDA_TORCH_INSTALL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+
+
+def cuda_missing_line() -> str:
+    """Why --device cuda cannot be used, naming the fix: a CPU-only torch build, or no GPU visible to a CUDA one."""
+    if torch.version.cuda is None:
+        return (f"--device cuda was asked for, but this torch ({torch.__version__}) is a CPU-only build; install the "
+                f"CUDA build (`{CUDA_TORCH_INSTALL}`, see the README's GPU section) or use --device cpu")
+    return (f"--device cuda was asked for, but torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU "
+            "(check nvidia-smi and CUDA_VISIBLE_DEVICES); use --device cpu or auto")
 
 
 def use_bf16(device: torch.device, precision: str) -> bool:

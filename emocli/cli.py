@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from emocli.errors import EmocliError
+from typer.core import TyperGroup
 
 def _flags_without_type() -> None:
     """A flag (`--json`) takes no value, so its help row shows no `<bool>`: typer prints one for every option,
@@ -39,7 +40,34 @@ _flags_without_type()
 Device = Literal["auto", "cpu", "cuda"]
 ComputeType = Literal["int8", "int8_float32", "float32", "float16", "int8_float16"]
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+class _OneLineUsageErrors(TyperGroup):
+    """Click's usage errors (an unknown option, a value out of range, a choice that is not one) as one `error:` line
+    and exit 1, like every other error a user can cause, wherever the app is called from (the `emocli` script,
+    `python -m emocli`, a CliRunner); exit 2 stays for bugs."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from typer._click import exceptions as click_errors  # typer's own copy of click (not the click package)
+
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = code if isinstance(code, int) else 0
+        except KeyboardInterrupt:  # before a command's own handler is in place (while arguments are parsed)
+            err.print("interrupted", highlight=False)
+            code = 130
+        except click_errors.NoArgsIsHelpError as exc:  # `emocli` alone: the help, as click shows it
+            exc.show()
+            code = exc.exit_code
+        except click_errors.ClickException as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "emocli"
+            err.print(f"[bold red]error:[/] {escape(one_line(exc.format_message()))} (see `{escape(where)} --help`)",
+                      markup=True, highlight=False, soft_wrap=True)
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(cls=_OneLineUsageErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Speech emotion recognition from audio and transcript (BERT + ModifiedAlexNet fusion).")
 
 
@@ -535,23 +563,61 @@ def compare(
     rows = []
     for run in runs:
         report, config = evaluate_run(run), open_run(run).config
+        dims = report.dimensions
         rows.append({"run": run.name or str(run), "modality": config.model.modality, "fusion": config.model.fusion,
                      "audio_encoder": _audio_encoder_name(config.model),
-                     "protocol": config.train["protocol"], "folds": len(report.folds),
-                     **{k: {"mean": report.mean[k], "std": report.std[k]} for k in ("wa", "ua", "macro_f1")}})
+                     "protocol": config.train["protocol"],
+                     "folds": len(report.folds) or len((dims or {}).get("per_fold", {})),
+                     **{k: {"mean": report.mean[k], "std": report.std[k]} for k in ("wa", "ua", "macro_f1")
+                        if report.has_classes},
+                     **({"ccc": {"mean": dims["mean"], "std": dims["std"]}} if dims else {})})
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table(title="held-out scores, % (mean ± std over folds)")
-    for col in ("run", "modality", "audio encoder", "protocol", "folds", "WA", "UA", "macro-F1"):
-        table.add_column(col, justify="right" if col in ("folds", "WA", "UA", "macro-F1") else "left")
-    best = max(r["ua"]["mean"] for r in rows)
+    with_ccc = any("ccc" in r for r in rows)
+    table = Table(title="held-out scores, % (mean ± population std over folds)")
+    scores = ("WA", "UA", "macro-F1", *(("CCC V/A/D",) if with_ccc else ()))
+    for col in ("run", "modality", "audio encoder", "protocol", "folds", *scores):
+        table.add_column(col, justify="right" if col in ("folds", *scores) else "left")
+    best = max((r["ua"]["mean"] for r in rows if "ua" in r), default=None)
     for r in rows:
-        cells = [f"{100 * r[k]['mean']:.1f} ± {100 * r[k]['std']:.1f}" for k in ("wa", "ua", "macro_f1")]
-        style = "bold green" if r["ua"]["mean"] == best else None
+        cells = [f"{100 * r[k]['mean']:.1f} ± {100 * r[k]['std']:.1f}" if k in r else "-"
+                 for k in ("wa", "ua", "macro_f1")]
+        if with_ccc:
+            cells.append(" / ".join(f"{v:.2f}" for v in r["ccc"]["mean"].values()) if "ccc" in r else "-")
+        style = "bold green" if "ua" in r and r["ua"]["mean"] == best else None
         modality = f"{r['modality']} ({r['fusion']})" if r["modality"] == "both" else r["modality"]
         table.add_row(r["run"], modality, r["audio_encoder"], r["protocol"], str(r["folds"]), *cells, style=style)
     out.print(table)
+
+
+@app.command()
+@handles_errors
+def export(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="A run directory made by `emocli train`."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write (replaced only when emocli wrote it)."),
+    fmt: Literal["onnx"] = typer.Option("onnx", "--format", help="onnx: one graph (both branches, fusion, head) "
+                                        "for onnxruntime, with a numpy front end and a runner beside it."),
+    fold: Optional[str] = typer.Option(None, "--fold", help="Which fold's model (default: the final model of "
+                                       "train --protocol all, else the run's first fold)."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as one JSON object."),
+) -> None:
+    """Export a trained model for deployment: a folder that onnxruntime and numpy run without torch or emocli
+    (`python onnx_runner.py FOLDER clip.wav` or `OnnxEmotionModel(FOLDER).predict(wave, rate, text)`).
+
+    Example: emocli export runs/final --out exported/final
+    """
+    from emocli.export import export_onnx
+
+    report = export_onnx(run_dir, out_dir, fold)
+    if as_json:
+        print(json.dumps({"folder": str(report.folder), "format": fmt, "fold": report.fold,
+                          "onnx_sha256": report.onnx_sha256, "inputs": list(report.inputs),
+                          "outputs": list(report.outputs), "max_abs_diff": report.max_abs_diff}))
+        return
+    out.print(f"wrote {report.folder} (fold {report.fold}; model.onnx {report.onnx_bytes / 1e6:.1f} MB, outputs "
+              f"{', '.join(report.outputs)}; onnxruntime vs torch: max |difference| {report.max_abs_diff:.1e})",
+              highlight=False, soft_wrap=True)
 
 
 def _audio_encoder_name(model) -> str:
@@ -710,23 +776,8 @@ def _print_predictions(predictions, classes, show: int) -> None:
 
 
 def _run_app() -> int:
-    """The CLI, with click's usage errors (an unknown option, a value out of range) as one `error:` line and exit 1,
-    like every other error a user can cause; exit 2 stays for bugs."""
-    from typer._click import exceptions as click_errors  # typer's own copy of click (not the click package)
-
-    try:
-        code = app(standalone_mode=False)
-    except KeyboardInterrupt:  # before a command's own handler is in place (while arguments are parsed)
-        err.print("interrupted", highlight=False)
-        return 130
-    except click_errors.NoArgsIsHelpError as exc:  # `emocli` alone: the help, as click shows it
-        exc.show()
-        return exc.exit_code
-    except click_errors.ClickException as exc:
-        where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "emocli"
-        err.print(f"[bold red]error:[/] {escape(one_line(exc.format_message()))} (see `{escape(where)} --help`)",
-                  markup=True, highlight=False, soft_wrap=True)
-        return 1
+    """The CLI's exit status (usage errors as one `error:` line and 1: `_OneLineUsageErrors`)."""
+    code = app(standalone_mode=False)
     return code if isinstance(code, int) else 0
 
 

@@ -191,9 +191,13 @@ def evaluate_run(run_dir: Path) -> EvalReport:
                 dimensions[name] = (np.asarray([[np.nan if v is None else v for v in r["true_dimensions"]]
                                                 for r in rows], dtype=np.float64).reshape(-1, 3),
                                     np.asarray([r["dimensions"] for r in rows], dtype=np.float64).reshape(-1, 3))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"fold {name} of {run.path}: its predictions do not fit the run ({exc!r}: a class "
-                                  f"or field the run does not have); the fold is damaged — retrain it") from None
+        except KeyError as exc:
+            raise CheckpointError(f"fold {name} of {run.path}: a prediction names {exc.args[0]!r}, which is not "
+                                  f"a class of the run ({', '.join(classes)}) nor one of its fields; the fold is "
+                                  f"damaged — retrain it") from None
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"fold {name} of {run.path}: its dimensional predictions are malformed ({exc}); "
+                                  f"the fold is damaged — retrain it") from None
     return _report(run, HELD_OUT, folds, unfinished, dimensions=dimensions)
 
 

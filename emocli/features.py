@@ -182,7 +182,7 @@ def _load_with_librosa(path: Path, max_seconds: float | None, first_error: Excep
 
 
 @lru_cache(maxsize=8)
-def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+def mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
     """(n_mels, n_fft/2+1) Slaney-normalised triangular filters, equal to `librosa.filters.mel`'s defaults.
 
     Written out because librosa's first call costs ~1.2 s of lazy imports in every worker process.
@@ -218,7 +218,7 @@ def _mel_to_hz(mel):
 
 
 @lru_cache(maxsize=8)
-def _window(n_fft: int, win_length: int) -> np.ndarray:
+def stft_window(n_fft: int, win_length: int) -> np.ndarray:
     """A periodic Hann window of `win_length`, centred in `n_fft` (librosa's STFT convention)."""
     window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(win_length) / win_length)
     pad = (n_fft - win_length) // 2
@@ -247,7 +247,7 @@ def log_mel(audio: np.ndarray, config: FeatureConfig) -> np.ndarray:
     n_frames = 1 + (padded.size - config.n_fft) // config.hop_length
     frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft)[:: config.hop_length][:n_frames]
     # scipy's FFT stays in float32 (numpy's upcasts to float64): 4x faster per file, within 1e-4 dB of librosa.
-    spectrum = scipy.fft.rfft(frames * _window(config.n_fft, config.win_length), axis=1)  # (T, n_fft/2+1) complex64
+    spectrum = scipy.fft.rfft(frames * stft_window(config.n_fft, config.win_length), axis=1)  # (T, n_fft/2+1) complex64
     power = np.abs(spectrum)
     power *= power  # (T, n_fft/2+1) float32, |X|^2 as librosa computes it
     # The mel filters are 98 % zeros (each band spans a few FFT bins): a sparse product is ~4x faster than BLAS.
@@ -264,7 +264,7 @@ def _sparse_mel_basis_t(sample_rate: int, n_fft: int, n_mels: int, fmin: float, 
     """The transposed mel basis, (n_fft/2+1, n_mels), as a scipy CSR matrix."""
     import scipy.sparse
 
-    return scipy.sparse.csr_matrix(_mel_basis(sample_rate, n_fft, n_mels, fmin, fmax).T)
+    return scipy.sparse.csr_matrix(mel_basis(sample_rate, n_fft, n_mels, fmin, fmax).T)
 
 
 def audio_features(path: Path, config: FeatureConfig) -> tuple[np.ndarray, float]:

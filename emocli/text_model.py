@@ -153,6 +153,11 @@ class RustTokenizer:
     def __len__(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def backend_tokenizer(self):
+        """The `tokenizers.Tokenizer` itself (as transformers' fast tokenizers expose it), e.g. for export."""
+        return self._tok
+
     def __call__(self, texts: list[str], *, max_length: int, **_ignored) -> dict:
         # tokenizer.json may carry its own padding/truncation (MiniLM's: fixed 128): ours replace them.
         self._tok.enable_truncation(max_length=max_length)

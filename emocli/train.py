@@ -242,7 +242,8 @@ class TrainSummary:
 
     def to_json(self) -> dict:
         return {"run_dir": str(self.run_dir), "protocol": self.protocol, "folds": [asdict(f) for f in self.folds],
-                "aggregate": self.aggregate, "warnings": self.warnings, "resumed": self.resumed}
+                "aggregate": self.aggregate, "warnings": self.warnings, "resumed": self.resumed,
+                "units": {"wa, ua, macro_f1": "fraction 0-1", "ccc": "-1..1", "std": "population (ddof 0) over folds"}}
 
 
 # --------------------------------------------------------------------------------------------- runtime
