@@ -55,6 +55,12 @@ demo: $(STAMP)
 	  [w.writerow([u, x]) for u, x in sorted(t.items())[::2] if u.startswith('Ses01')]"
 	$(EMOCLI) predict $(DEMO)/runs/fused $(DEMO)/new/IEMOCAP_full_release/Session1/sentences/wav \
 	  --transcripts $(DEMO)/new/transcripts.csv --output $(DEMO)/predictions.csv --show 12
+	# Deployment: one final model on all the data with the fused run's settings, exported to ONNX and run by the
+	# torch-free runner inside the exported folder.
+	$(EMOCLI) train $(DEMO)/cache.h5 --run $(DEMO)/runs/final --protocol all --like $(DEMO)/runs/fused
+	$(EMOCLI) export $(DEMO)/runs/final --out $(DEMO)/exported
+	$(PY) $(DEMO)/exported/onnx_runner.py $(DEMO)/exported \
+	  $$(ls $(DEMO)/new/IEMOCAP_full_release/Session1/sentences/wav/*/*.wav | head -1) "I can't believe you did that!"
 
 # The CPU benchmarks (bench/RESULTS.md): prepare at 1k/4k/10k wavs, predict over 500 files, train per epoch.
 # Roughly 25 minutes on 2 cores. On a GPU machine: $(PY) bench/bench_train.py --bert-base --modes gpu-fp32

@@ -102,3 +102,16 @@ def test_import_emocli_loads_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
                          check=True).stdout.split()
     assert out == ["False", "True"]
+
+
+def test_the_readme_library_calls_exist():
+    """The README's second block names the functions behind the commands: each import must work."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    library = next(b for b in blocks if "from emocli.prepare import" in b)
+    imports = "\n".join(line for line in library.splitlines() if line.startswith("from emocli"))
+    namespace: dict = {}
+    exec(imports, namespace)
+    assert {"prepare", "train", "evaluate_run", "save_report", "model_config_for", "PrepareConfig",
+            "TrainConfig"} <= set(namespace)
+    assert "PrepareConfig(label_set=" in library  # the field's real name

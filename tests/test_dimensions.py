@@ -109,3 +109,37 @@ def test_iemocap_reader_keeps_each_summary_lines_vad(tmp_path):
     by = {c: np.mean([u.dimensions for u in report.utterances if u.label == c], axis=0)
           for c in ("ang", "sad", "hap")}
     assert by["ang"][1] > by["sad"][1] and by["hap"][0] > by["ang"][0]
+
+
+def test_predict_gives_the_three_values(vad_cache, tiny_bert_dir, tmp_path):
+    import emocli
+
+    run = tmp_path / "run"
+    train(vad_cache, run, model_config(tiny_bert_dir, modality="audio", task="both"),
+          TrainConfig(protocol="loso", epochs=1, batch_size=8, val_fraction=0.2))
+    model = emocli.load(run)
+    assert model.dimensions == ("valence", "arousal", "dominance") and len(model.classes) == 4
+    wave = 0.2 * np.sin(np.linspace(0, 2000, 16000)).astype(np.float32)
+    p = model.predict(wave, sample_rate=16000)
+    assert set(p.dimensions) == {"valence", "arousal", "dominance"} and p.label in model.classes
+    row = p.to_json()
+    assert {"valence", "arousal", "dominance", "p_angry"} <= set(row)
+
+
+def test_training_curves_mark_the_tested_epoch_on_whole_epochs():
+    from matplotlib.ticker import MaxNLocator
+
+    from emocli.evaluate import _curves_figure
+
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_acc": 0.1 * e, "val_acc": 0.09 * e,
+                "val_ccc": 0.1 * e} for e in range(1, 6)]
+    figure = _curves_figure({"fold-a": history}, {"fold-a": 3})
+    axes = figure.axes
+    assert len(axes) == 3  # loss, accuracy, CCC
+    for ax in axes:
+        marked = [line for line in ax.get_lines() if line.get_marker() == "o"]
+        assert len(marked) == 1 and list(marked[0].get_xdata()) == [3]
+        assert isinstance(ax.xaxis.get_major_locator(), MaxNLocator)
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+    accuracy = [line for line in axes[1].get_lines() if line.get_marker() == "o"][0]
+    assert list(accuracy.get_ydata()) == pytest.approx([100 * 0.09 * 3])  # percent, the validation value

@@ -40,9 +40,9 @@ class FinetunedSpeechEncoder(AudioEncoder):
     @classmethod
     def for_saved(cls, config) -> "FinetunedSpeechEncoder":
         """The architecture alone, its weights to come from a run's own state dict."""
-        from emocli.encoders.hf_speech import HFSpeechEncoder
+        from emocli.encoders.hf_speech import HFSpeechEncoder, located
 
-        info = EmbedderInfo.from_json(config.audio_upstream)
+        info = located(EmbedderInfo.from_json(config.audio_upstream))  # a cached id's snapshot may have moved
         try:
             hf_config = json.loads((Path(info.path) / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:

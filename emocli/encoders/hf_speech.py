@@ -97,7 +97,7 @@ def resolve_hf_speech(folder: str | Path, name: str | None = None) -> EmbedderIn
                                   "config_sha256": _json_digest(config), "preprocessor_sha256": _json_digest(preprocessor)})
 
 
-def _located(info: EmbedderInfo) -> EmbedderInfo:
+def located(info: EmbedderInfo) -> EmbedderInfo:
     """`info` where its folder is; a cached model id whose recorded snapshot is gone (another machine, a pruned or
     moved cache) is found again in this cache by its id, and `from_folder` then refuses any other weights."""
     if Path(info.path).is_dir():
@@ -233,7 +233,7 @@ class HFSpeechEncoder(nn.Module):
         """The pretrained encoder `info` describes, refused if its folder changed since it was resolved."""
         if info.kind != KIND:
             raise EncoderError(f"{info.name!r} is a {info.kind!r} encoder, not a Hugging Face ({KIND!r}) one")
-        recorded, info = info, _located(info)
+        recorded, info = info, located(info)
         current = resolve_hf_speech(info.path)
         changed = sorted(k for k, v in current.identity().items() if info.identity().get(k) != v)
         if changed:
