@@ -15,9 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from emocli.errors import EmocliError
-from typer.core import TyperGroup
+
 
 def _flags_without_type() -> None:
     """A flag (`--json`) takes no value, so its help row shows no `<bool>`: typer prints one for every option,
