@@ -14,3 +14,4 @@ $E train "$W/c.h5" --run "$W/runs/dims-audio" $R --task dimensions --modality au
 $E eval "$W/runs/both"
 $E eval "$W/runs/dims-audio"
 $E compare "$W/runs/both" "$W/runs/dims-audio"
+.venv/bin/python bench/dimension_baselines.py "$W/runs/both" "$W/c.h5"
