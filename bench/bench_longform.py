@@ -32,7 +32,6 @@ RATE = 16_000
 REPO = Path(__file__).resolve().parent.parent
 EMOCLI = [sys.executable, "-m", "emocli"]
 CLASSES = ("angry", "happy", "sad", "neutral")
-CODE = {"angry": "ang", "happy": "hap", "sad": "sad", "neutral": "neu"}
 
 
 def run(cmd: list, **kw) -> subprocess.CompletedProcess:
@@ -116,7 +115,7 @@ def timeline(work: Path, emodb: Path, run_dir: Path) -> dict:
         ordered = [r for c in rng.permutation(CLASSES) for r in mine if r["label"] == c]  # four emotion blocks
         recording = work / f"session{session}.wav"
         spans = join([emodb / r["path"] for r in ordered], (0.4, 1.2), rng, recording)
-        truth = [(s, e, CODE[r["label"]]) for (s, e, _), r in zip(spans, ordered)]
+        truth = [(s, e, r["label"]) for (s, e, _), r in zip(spans, ordered)]
         out = work / f"timeline-{session}.csv"
         run([*EMOCLI, "predict", run_dir, recording, "--fold", fold, "--asr", "off", "--output", out,
              "--plot", work / "plots", "--show", "0"])
@@ -134,8 +133,8 @@ def timeline(work: Path, emodb: Path, run_dir: Path) -> dict:
         by_name = {Path(p["file"]).name: p["label"] for p in rows_of(out)}
         durations = {Path(r["path"]).name: e - s for (s, e, _), r in zip(spans, ordered)}
         whole_files.append(sum(d for n, d in durations.items()
-                               if by_name.get(n) == CODE[next(r["label"] for r in ordered
-                                                               if Path(r["path"]).name == n)]) / sum(durations.values()))
+                               if by_name.get(n) == next(r["label"] for r in ordered
+                                                         if Path(r["path"]).name == n)) / sum(durations.values()))
         print(f"session {session}: {len(ordered)} utterances, {spans[-1][1]:.0f} s; timeline {100 * shares[-1]:.1f} % "
               f"of speech time right; separate files {100 * whole_files[-1]:.1f} %", flush=True)
     return {"timeline": (float(np.mean(shares)), float(np.std(shares))),

@@ -167,10 +167,13 @@ def agreement(run: Path, export_dir: Path, fold: str | None, items: list[dict]) 
             continue
         usable.append(item)
         onnx = model.predict_file(item["path"], item["text"])
-        want = np.array([prediction.probs[c] for c in model.classes])
-        got = np.array([onnx[c] for c in model.classes])
+        # Class probabilities, and for a dimensional model its three values: every output compared.
+        want = np.array([prediction.probs[c] for c in model.classes]
+                        + [prediction.dimensions[d] for d in model.dimension_names])
+        got = np.array([onnx[c] for c in model.classes] + [onnx[d] for d in model.dimension_names])
         worst = max(worst, float(np.abs(got - want).max()))
-        agree += int(want.argmax() == got.argmax())
+        n = len(model.classes)
+        agree += int(not n or want[:n].argmax() == got[:n].argmax())
     return worst, agree, usable
 
 

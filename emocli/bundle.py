@@ -48,6 +48,8 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 # Train settings that say where a run executes, not what it computes: a run may resume elsewhere.
 _WHERE_NOT_WHAT = ("device",)
+# Train settings added after runs were first written, with the value every older run trained with.
+_TRAIN_SETTINGS_ADDED = {"folds": 5}
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -106,7 +108,8 @@ class RunConfig:
 
     def settings(self) -> dict:
         """What must match for a rerun to continue this run: everything that changes the numbers."""
-        train = {k: v for k, v in self.train.items() if k not in _WHERE_NOT_WHAT}
+        # A run written before a setting existed ran with what is now its default: read so, it still resumes.
+        train = {**_TRAIN_SETTINGS_ADDED, **{k: v for k, v in self.train.items() if k not in _WHERE_NOT_WHAT}}
         return {"model": self.model.to_json(), "train": train, "features": self.features.to_json(),
                 "label_set": self.label_set.to_json(), "tokenizer": self.tokenizer.get("identity"),
                 "cache_fingerprint": self.cache_fingerprint}

@@ -563,7 +563,12 @@ def compare(
 
     rows = []
     for run in runs:
-        report, config = evaluate_run(run), open_run(run).config
+        config = open_run(run).config
+        if config.train.get("protocol") == "all":  # a final model: nothing held out to put side by side
+            err.print(f"{one_line(run)}: a final model (--protocol all), nothing held out to compare; left out",
+                      highlight=False, soft_wrap=True)
+            continue
+        report = evaluate_run(run)
         dims = report.dimensions
         rows.append({"run": run.name or str(run), "modality": config.model.modality, "fusion": config.model.fusion,
                      "audio_encoder": _audio_encoder_name(config.model),
@@ -572,6 +577,9 @@ def compare(
                      **{k: {"mean": report.mean[k], "std": report.std[k]} for k in ("wa", "ua", "macro_f1")
                         if report.has_classes},
                      **({"ccc": {"mean": dims["mean"], "std": dims["std"]}} if dims else {})})
+    if not rows:
+        raise EmocliError("no cross-validated run among them; compare runs trained with a protocol that holds "
+                          "data out (random, loso, loso-speaker, speaker-folds)")
     if as_json:
         print(json.dumps(rows))
         return
@@ -713,6 +721,9 @@ def predict(
     else:
         _print_predictions(predictions, predictor.classes, show)
     timelines = _timelines(predictions) if predictor.classes else {}
+    if plot is not None and not predictor.classes and any(p.start is not None for p in predictions):
+        err.print("--plot draws emotion timelines; this model predicts dimensions only, so none was drawn (the rows "
+                  "carry valence, arousal and dominance with start and end)", highlight=False, soft_wrap=True)
     if timelines and not as_json:
         _print_timeline_summary(timelines, predictor.classes)
     if plot is not None and timelines:

@@ -71,6 +71,8 @@ class OnnxEmotionModel:
             raise ValueError(f"{self.folder}: a class is named like a dimension; results could not tell them apart")
         self.input_names = tuple(i["name"] for i in onnx["inputs"])
         self.output_names = tuple(o["name"] for o in onnx["outputs"])
+        if "probs" not in self.output_names:  # a dimensions-only model: no classes, as emocli.load says too
+            self.classes = ()
         self.uses_audio = "features" in self.input_names
         self.uses_text = "input_ids" in self.input_names
         self.front_end = None
@@ -169,9 +171,9 @@ class OnnxEmotionModel:
         waveform, rate = self.read_audio(path) if self.uses_audio else (None, self.features["sample_rate"])
         return self.predict(waveform, rate, text)
 
-    def label(self, result: dict[str, float]) -> str:
-        """The most probable class's name ("angry")."""
-        return max(self.classes, key=lambda c: result[c])
+    def label(self, result: dict[str, float]) -> str | None:
+        """The most probable class's name ("angry"); None for a model that predicts dimensions only."""
+        return max(self.classes, key=lambda c: result[c]) if self.classes else None
 
     def _as_dict(self, outputs: dict[str, np.ndarray], row: int) -> dict[str, float]:
         result = {}

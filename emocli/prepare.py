@@ -131,8 +131,10 @@ def _cache_inputs(source: Path, config: PrepareConfig):
         "feature_config": config.features.to_json(),
         "tokenizer": {"name": text_ref.name, "identity": tokenizer_identity(text_ref), "model_type": text_ref.model_type},
         "label_set": label_set.to_json(),
-        # dimensions: caches from before dimensional values were kept must rebuild once to gain them
-        "reader": {"kind": _source_kind(source), "tags": config.tags, "dimensions": True},
+        "reader": {"kind": _source_kind(source), "tags": config.tags,
+                   # only where the source has them: caches from before they were kept rebuild once to gain them,
+                   # and the rest keep their fingerprints (and embedding stages)
+                   **({"dimensions": True} if _has_dimensions(source) else {})},
         "source": source_identity(source, label_set),
     }
     if config.transcripts == "asr":  # only then: a gold cache keeps the fingerprint it always had
@@ -186,6 +188,15 @@ def read_source(source: Path, config: PrepareConfig, workdir: Path, progress: Pr
     extract_progress = (lambda done, total: progress("unpack", done, total)) if progress else None
     return read_iemocap(source, ReaderConfig(label_set=resolve_label_set(source, config.label_set).name,
                                              tags=config.tags), workdir, progress=extract_progress)
+
+
+def _has_dimensions(source: Path) -> bool:
+    """IEMOCAP always gives [V, A, D]; a manifest when it has any of the columns."""
+    if _source_kind(source) != "manifest":
+        return True
+    from emocli.corpus.manifest import has_dimension_columns
+
+    return has_dimension_columns(source)
 
 
 def _source_kind(source: Path) -> str:

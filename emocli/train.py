@@ -179,6 +179,11 @@ def make_splits(labels: np.ndarray, sessions: list[str], classes: tuple[str, ...
     else:  # all: the final model; its validation part (if any) still picks the epoch
         parts.append((FINAL_FOLD, everything, np.zeros(0, dtype=np.int64), config.seed))
 
+    folders = [bundle.fold_dirname(name) for name, *_ in parts]
+    if len(set(folders)) < len(folders):
+        same = sorted({n for n, f in zip((p[0] for p in parts), folders) if folders.count(f) > 1})
+        raise ConfigError(f"folds {', '.join(same)} would share one folder (their names differ only in characters a "
+                          f"folder name cannot hold); give those sessions or speakers distinct names")
     splits = []
     for i, (name, train, test, seed) in enumerate(parts):
         missing = [classes[c] for c in range(len(classes)) if not np.any(labels[train] == c)]
@@ -371,6 +376,8 @@ def train(cache_path: Path, run_dir: Path, model_config, train_config: TrainConf
         check_token_ids(data.input_ids, read_encoder_config(text_ref.path).get("vocab_size"), cache_path)
         model_config = replace(model_config, text_hidden=encoder_hidden_size(text_ref))
     classes = data.meta.classes
+    if model_config.predicts_dimensions:  # refused before the run folder exists
+        _dimension_stats(data, np.arange(len(data)))
     splits = make_splits(data.labels, data.sessions, classes, train_config, data.speakers)
     run_config = bundle.RunConfig(model=model_config, train=train_config.to_json(),
                                   features=inputs.features, label_set=inputs.label_set,

@@ -91,6 +91,7 @@ def test_dimensions_without_values_is_one_clear_error(tiny_bert_dir, tmp_path):
     plain = make_cache(tmp_path / "plain.h5", tiny_bert_dir)
     with pytest.raises(ConfigError, match="no valence/arousal/dominance values"):
         train(plain, tmp_path / "run", model_config(tiny_bert_dir, task="dimensions"), FAST)
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
 def test_iemocap_reader_keeps_each_summary_lines_vad(tmp_path):

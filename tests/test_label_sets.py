@@ -103,3 +103,38 @@ def test_prepare_and_train_follow_a_seven_class_manifest(tmp_path, tiny_bert_dir
     assert model.classes == tuple(sorted(set(labels)))
     prediction = model.predict(tmp_path / "u0.wav")
     assert set(prediction.probs) == set(labels) and prediction.label in labels
+
+
+def test_auto_keeps_iemocap_sets_only_for_iemocap_manifests(tmp_path):
+    # Every class of 4class present, extra IEMOCAP codes dropped as IEMOCAP's reader drops them.
+    full = _manifest(tmp_path, ["ang", "happy", "sad", "neu", "fru", "xxx"])
+    assert resolve_label_set(full, "auto") is LABEL_SETS["4class"]
+    assert len(read_manifest(full, LABEL_SETS["4class"]).utterances) == 4
+    # Only some of the four: the manifest's own two classes, not a 4-class model with empty classes.
+    assert resolve_label_set(_manifest(tmp_path, ["angry", "neutral", "angry"]), "auto").classes == ("angry", "neutral")
+
+
+def test_a_bad_row_brings_no_class(tmp_path):
+    path = _manifest(tmp_path, ["ang", "hap", "sad", "neu"])
+    with path.open("a") as handle:
+        handle.write("u0.wav,world,angry,extra\n")  # one field too many: skipped by the reader, so no class either
+    assert resolve_label_set(path, "auto") is LABEL_SETS["4class"]
+    assert resolve_label_set(path, "manifest").classes == ("ang", "hap", "neu", "sad")
+
+
+def test_display_names_stay_one_per_class(tmp_path):
+    own = resolve_label_set(_manifest(tmp_path, ["hap", "happy", "sad"]), "manifest")
+    assert len(set(own.display.values())) == 3
+
+
+def test_only_sources_with_dimensions_change_their_fingerprint(tmp_path, tiny_bert_dir):
+    from emocli.prepare import PrepareConfig, _cache_inputs
+
+    plain = _manifest(tmp_path, ["a", "b"])
+    inputs, _ = _cache_inputs(plain, PrepareConfig(text_model=str(tiny_bert_dir)))
+    assert "dimensions" not in inputs["reader"]
+    other = tmp_path / "vad"
+    other.mkdir()
+    with_vad = _manifest(other, ["a", "b"], ",valence", [",1", ",2"])
+    inputs, _ = _cache_inputs(with_vad, PrepareConfig(text_model=str(tiny_bert_dir)))
+    assert inputs["reader"]["dimensions"] is True

@@ -104,3 +104,42 @@ def test_label_counts_per_fold_are_reported_in_the_split_files(small_cache, tiny
     assert len(folds) == 6 and all(name.startswith("speaker-Ses0") for name in folds)
     tested = Counter(u for name in folds for u in bundle.open_run(run).fold(name).read_split()["test"])
     assert set(tested.values()) == {1} and len(tested) == 48
+
+
+def test_names_that_would_share_a_fold_folder_are_refused():
+    labels = np.tile(np.arange(4), 6)
+    speakers = ["spk 1"] * 12 + ["spk_1"] * 12
+    with pytest.raises(ConfigError, match="share one folder"):
+        make_splits(labels, ["unknown"] * 24, CLASSES, TrainConfig(protocol="loso-speaker"), speakers)
+
+
+def test_a_run_written_before_folds_existed_still_resumes(small_cache, tiny_bert_dir, tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    config = TrainConfig(protocol="loso", epochs=1, batch_size=8, val_fraction=0.25)
+    train(small_cache, run, model_config(tiny_bert_dir, modality="audio"), config)
+    written = json.loads((run / "config.json").read_text())
+    del written["train"]["folds"]  # as a2f8a38 wrote it
+    (run / "config.json").write_text(json.dumps(written))
+    again = train(small_cache, run, model_config(tiny_bert_dir, modality="audio"), config)
+    assert all("already finished" in line for line in again.resumed) and len(again.resumed) == 3
+
+
+def test_compare_leaves_out_a_final_model(small_cache, tiny_bert_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from emocli.cli import app
+
+    cv, final = tmp_path / "cv", tmp_path / "final"
+    audio = model_config(tiny_bert_dir, modality="audio")
+    train(small_cache, cv, audio, TrainConfig(protocol="loso", epochs=1, batch_size=8, val_fraction=0.25))
+    model, settings = final_settings(cv)
+    train(small_cache, final, model, settings)
+    result = CliRunner().invoke(app, ["compare", str(cv), str(final), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "a final model (--protocol all)" in result.stderr
+    import json
+
+    (row,) = json.loads(result.stdout)
+    assert row["run"] == "cv" and row["protocol"] == "loso"

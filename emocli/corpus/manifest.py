@@ -33,21 +33,32 @@ def manifest_labels(path: Path) -> list[str]:
     path = Path(path)
     text = _read(path)
     rows = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(path, text))
-    columns, _ = _header(path, rows)
-    try:
-        return [row[columns["label"]].strip().lower() for row in rows if len(row) > columns["label"]]
+    columns, width = _header(path, rows)
+    try:  # rows `read_manifest` would skip (a field count that is not the header's) bring no class
+        return [row[columns["label"]].strip().lower() for row in rows if len(row) == width]
     except csv.Error as e:
         raise CorpusError(f"{path} line {rows.line_num} cannot be parsed as CSV ({e}); check its quoting") from None
 
 
+def has_dimension_columns(path: Path) -> bool:
+    """True when the manifest's header names any of valence, arousal, dominance."""
+    path = Path(path)
+    text = _read(path)
+    columns, _ = _header(path, csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(path, text)))
+    return any(name in columns for name in DIMENSIONS)
+
+
 def resolve_label_set(path: Path, name: str) -> LabelSet:
     """The label set a manifest is read with: a named IEMOCAP set; `manifest`: its own labels as classes; `auto`:
-    IEMOCAP's 4class when every label is one of its codes or names (angry, hap, exc, ...), else its own labels."""
+    IEMOCAP's 4class when every label is IEMOCAP's (a code or a 4-class name: angry, hap, exc, fru, xxx, ...) and
+    all four classes occur (codes outside them are dropped and counted, as from IEMOCAP itself), else its own
+    labels."""
     if name not in (AUTO_LABELS, MANIFEST_LABELS):
         return get_label_set(name)
     labels = [label for label in manifest_labels(path) if label]
     four = _label_lookup(LABEL_SETS["4class"])
-    if name == AUTO_LABELS and labels and all(label in four for label in labels):
+    if name == AUTO_LABELS and labels and all(label in four or label in IEMOCAP_CODES for label in labels) \
+            and {four[label] for label in labels if label in four} == set(LABEL_SETS["4class"].classes):
         return LABEL_SETS["4class"]
     try:
         return manifest_label_set(labels)

@@ -83,7 +83,10 @@ def manifest_label_set(names: list[str]) -> LabelSet:
     classes = tuple(sorted({n.strip().lower() for n in names if n.strip()}))
     if len(classes) < 2:
         raise ConfigError(f"a label set needs at least 2 classes; the manifest's labels are {list(classes)}")
-    return LabelSet(MANIFEST_LABELS, classes, {c: c for c in classes}, {c: _DISPLAY.get(c, c) for c in classes})
+    display = {c: _DISPLAY.get(c, c) for c in classes}
+    if len(set(display.values())) < len(classes):  # `hap` beside `happy`: names must stay one per class
+        display = {c: c for c in classes}
+    return LabelSet(MANIFEST_LABELS, classes, {c: c for c in classes}, display)
 
 
 def get_label_set(name: str) -> LabelSet:
