@@ -13,3 +13,7 @@ $E train "$W/emodb7.h5" --run "$W/runs/fused" $R --fusion xattn
 $E train "$W/emodb7.h5" --run "$W/runs/audio" $R --modality audio
 $E compare "$W/runs/fused" "$W/runs/audio"
 $E eval "$W/runs/fused"
+.venv/bin/python bench/linear_probe.py "$W/runs/fused" "$W/emodb7.h5"      # the baseline on the same folds
+# The paper's model (ModifiedAlexNet 1/8 width + frozen MiniLM, concat), for comparison
+$E train "$W/emodb7.h5" --run "$W/runs/paper" --protocol loso --audio-width 0.125 --epochs 60 --lr 1e-3 --freeze-text
+$E compare "$W/runs/fused" "$W/runs/audio" "$W/runs/paper"
