@@ -61,10 +61,11 @@ def spawn(*argv, new_session: bool = False, capture: bool = True) -> subprocess.
 
 
 def _as_a_terminal_job() -> None:
-    """Ctrl-C as a terminal's foreground job gets it. A test run started in the background of a non-interactive
-    shell (as CI may start it) inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored: the process
-    under test would then rightly carry on and exit 0."""
+    """Ctrl-C and a closed terminal as a terminal's foreground job gets them. A test run started in the background
+    of a non-interactive shell (as CI may start it) inherits SIGINT ignored, and one started under nohup SIGHUP
+    ignored; emocli rightly keeps an ignored signal ignored, so the process under test would carry on and exit 0."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def process_state(pid: int) -> str:
