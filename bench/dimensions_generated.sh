@@ -11,6 +11,8 @@ $E synth "$W/corpus" --per-class "$N" --seed 3 --format tar.gz
 $E prepare "$W/corpus/IEMOCAP_full_release.tar.gz" --cache "$W/c.h5" --audio-encoder whisper
 $E train "$W/c.h5" --run "$W/runs/both" $R --task both
 $E train "$W/c.h5" --run "$W/runs/dims-audio" $R --task dimensions --modality audio
+$E train "$W/c.h5" --run "$W/runs/dims-fused" $R --task dimensions
+$E eval "$W/runs/dims-fused"
 $E eval "$W/runs/both"
 $E eval "$W/runs/dims-audio"
 $E compare "$W/runs/both" "$W/runs/dims-audio"
