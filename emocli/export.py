@@ -52,7 +52,9 @@ _MARKER = "emocli_export"
 EXPORTABLE_AUDIO_FEATURES = ("logmel",)
 # Transcripts the tokenizer check runs: empty, cased, punctuated, accented, emoji, a tag, and one past max_tokens.
 PROBE_TEXTS = ("", "Hello.", "I can't BELIEVE you did that!!", "naïve café, Ürün — ¿qué?", "ok 🙂 [LAUGHTER]",
-               " ".join(["word"] * 600))
+               " ".join(["word"] * 600), "你好 日本語テキスト", "tab\there\nnew\rline", "ctrl\x00\x07chars\u200b zero",
+               "x" * 150, "[CLS] inside [SEP] text", "e-mail: a.b@c.de $100 50% #tag", "Straße ǅ İstanbul ﬁ",
+               "‘quotes’ “double” …", "\u00a0nbsp\u2028sep\u3000ideo \u3098")
 _INPUTS = ("features", "feature_lengths", "input_ids", "attention_mask", "text_present")
 _EXAMPLE_FRAMES, _EXAMPLE_TOKENS = (97, 77), 9  # the traced batch: no size 0 or 1 (torch.export would fix those)
 
@@ -322,7 +324,19 @@ def _tokenizer_file(tokenizer, max_tokens: int) -> tuple[str, dict]:
         raise ConfigError("the run's tokenizer gives other token ids through the tokenizers library alone than "
                           "through emocli; this text model cannot be exported — please report it")
     return text, {"file": TOKENIZER_FILE, "pad_token": pad_token, "pad_id": pad_id,
-                  "max_tokens": int(max_tokens)}
+                  "max_tokens": int(max_tokens), "engine": _tokenizer_engine(text, max_tokens, pad_id, want_ids)}
+
+
+def _tokenizer_engine(text: str, max_tokens: int, pad_id: int, want_ids: np.ndarray) -> str:
+    """"wordpiece" when the runner's plain-Python WordPiece gives emocli's ids on the probes (the runner then needs
+    no tokenizers library), else "tokenizers"."""
+    from emocli.onnx_runner import WordPiece
+
+    data = json.loads(text)
+    if not WordPiece.reads(data):
+        return "tokenizers"
+    mine = WordPiece(data, max_tokens, pad_id).encode_batch(["", *PROBE_TEXTS])
+    return "wordpiece" if np.array_equal(want_ids, [e.ids for e in mine]) else "tokenizers"
 
 
 # --------------------------------------------------------------------------------------------- the folder

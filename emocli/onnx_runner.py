@@ -1,7 +1,9 @@
 """Run a folder written by `emocli export --format onnx` with numpy and onnxruntime only: no torch, no emocli.
 
-This file is copied into every exported folder; it needs numpy and onnxruntime, plus `tokenizers` for a model that
-reads transcripts, and soundfile (and soxr, for rates other than the model's) only to read audio files.
+This file is copied into every exported folder; it needs numpy and onnxruntime, and soundfile (and soxr, for rates
+other than the model's) only to read audio files. A model that reads transcripts with a BERT WordPiece tokenizer
+(all-MiniLM-L6-v2, bert-base-uncased, ...) is tokenised by this file's own `WordPiece`; only another kind of
+tokenizer.json needs the `tokenizers` library.
 
     from onnx_runner import OnnxEmotionModel          # or: from emocli.onnx_runner import ...
     model = OnnxEmotionModel("exported/")
@@ -27,9 +29,9 @@ The front end, outside the graph, reproduces emocli's `features.log_mel` step by
   4. rounded to float16 and back, as emocli's cache stores features and its predictor rounds them.
 numpy's FFT and sums differ from emocli's (scipy) in float32 rounding only: about one value in 5000 lands one
 float16 step (0.03 dB) away, which moves the probabilities by about 1e-7.
-Tokenisation is the run's own tokenizer.json run by the `tokenizers` library, truncated and padded to max_tokens
-exactly as emocli does (its predictor runs the same library on the same file), then trimmed to the batch's
-longest transcript. A missing or blank transcript is tokenised as "" with text_present False: the model then uses
+Tokenisation is the run's own tokenizer.json, read by `WordPiece` below (plain Python; the export checks that it
+gives emocli's token ids, and config.json "tokenizer" "engine" says so) or else run by the `tokenizers` library,
+truncated and padded to max_tokens exactly as emocli does, then trimmed to the batch's longest transcript. A missing or blank transcript is tokenised as "" with text_present False: the model then uses
 its learned missing-text embedding.
 """
 
@@ -113,10 +115,13 @@ class OnnxEmotionModel:
         return ids[:, :width], mask[:, :width], present
 
     def _load_tokenizer(self):
-        from tokenizers import Tokenizer
-
         info = self.config["tokenizer"]
-        tokenizer = Tokenizer.from_file(str(self.folder / info["file"]))
+        data = json.loads((self.folder / info["file"]).read_text(encoding="utf-8"))
+        if info.get("engine") == "wordpiece":  # BERT's WordPiece, checked at export: this file's own implementation
+            return WordPiece(data, int(self.features["max_tokens"]), int(info["pad_id"]))
+        from tokenizers import Tokenizer  # any other tokenizer.json: the library that defines the format
+
+        tokenizer = Tokenizer.from_str(json.dumps(data))
         # tokenizer.json may carry its own truncation and padding: emocli's replace them.
         tokenizer.enable_truncation(max_length=int(self.features["max_tokens"]))
         tokenizer.enable_padding(length=int(self.features["max_tokens"]), pad_id=int(info["pad_id"]),
@@ -257,6 +262,152 @@ def _sparse_bands(filters: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     starts = np.searchsorted(rows, np.arange(len(filters)))
     empty = np.bincount(rows, minlength=len(filters)) == 0
     return bins, filters[rows, bins], np.minimum(starts, max(len(bins) - 1, 0)), empty
+
+
+class _Encoding:
+    def __init__(self, ids: list[int], attention_mask: list[int]):
+        self.ids, self.attention_mask = ids, attention_mask
+
+
+class WordPiece:
+    """BERT's tokenizer from its tokenizer.json, in plain Python, so a text model's export runs on numpy and
+    onnxruntime alone: the same steps as the `tokenizers` library's BertNormalizer (control characters removed,
+    whitespace to spaces, CJK characters spaced, accents stripped when lower-casing, lower case), BertPreTokenizer
+    (split on whitespace and around each punctuation character), WordPiece (greedy longest match, `##` for a
+    continuation, a word that cannot be covered or is too long is one [UNK]) and the [CLS] ... [SEP] template,
+    truncated and padded to max_tokens. The export checks it against emocli's own token ids before writing."""
+
+    @staticmethod
+    def reads(data: dict) -> bool:
+        """True for a tokenizer.json this class reproduces exactly (uncased or cased BERT WordPiece)."""
+        model, normalizer = data.get("model") or {}, data.get("normalizer") or {}
+        post = data.get("post_processor") or {}
+        single = [next(iter(step.values()))["id"] for step in post.get("single", [])] if post.get("type") == \
+            "TemplateProcessing" else []
+        return (model.get("type") == "WordPiece" and normalizer.get("type") == "BertNormalizer"
+                and (data.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer"
+                and single == ["[CLS]", "A", "[SEP]"])
+
+    def __init__(self, data: dict, max_tokens: int, pad_id: int):
+        model, normalizer = data["model"], data["normalizer"]
+        self.vocab: dict[str, int] = model["vocab"]
+        self.unk = self.vocab[model["unk_token"]]
+        self.prefix = model.get("continuing_subword_prefix", "##")
+        self.max_chars = int(model.get("max_input_chars_per_word", 100))
+        self.lowercase = bool(normalizer.get("lowercase", True))
+        accents = normalizer.get("strip_accents")
+        self.strip_accents = self.lowercase if accents is None else bool(accents)
+        self.clean_text = bool(normalizer.get("clean_text", True))
+        self.chinese = bool(normalizer.get("handle_chinese_chars", True))
+        # Added tokens ([CLS], [SEP], ...) written in a text are taken as themselves, before any normalisation.
+        self.added = sorted(((t["content"], t["id"]) for t in data.get("added_tokens", []) if t.get("special")),
+                            key=lambda item: -len(item[0]))
+        self.cls, self.sep = self.vocab["[CLS]"], self.vocab["[SEP]"]
+        self.max_tokens, self.pad_id = max_tokens, pad_id
+
+    def encode_batch(self, texts: Sequence[str]) -> list[_Encoding]:
+        return [self.encode(text) for text in texts]
+
+    def encode(self, text: str) -> _Encoding:
+        ids = [self.cls, *self._ids(text)[:max(self.max_tokens - 2, 0)], self.sep][:self.max_tokens]
+        pad = self.max_tokens - len(ids)
+        return _Encoding(ids + [self.pad_id] * pad, [1] * len(ids) + [0] * pad)
+
+    def _ids(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for piece, special in self._split_added(text):
+            if special is not None:
+                ids.append(special)
+                continue
+            for word in _bert_words(self._normalise(piece)):
+                ids.extend(self._word_ids(word))
+        return ids
+
+    def _split_added(self, text: str) -> list[tuple[str, int | None]]:
+        pieces: list[tuple[str, int | None]] = []
+        start = i = 0
+        while i < len(text):
+            match = next(((content, token) for content, token in self.added if text.startswith(content, i)), None)
+            if match is None:
+                i += 1
+                continue
+            pieces += [(text[start:i], None), ("", match[1])]
+            i = start = i + len(match[0])
+        pieces.append((text[start:], None))
+        return pieces
+
+    def _normalise(self, text: str) -> str:
+        import unicodedata
+
+        if self.clean_text:
+            text = "".join(" " if _is_whitespace(c) else c for c in text
+                           if not (c in "\x00\ufffd" or _is_control(c)))
+        if self.chinese:
+            text = "".join(f" {c} " if _is_cjk(c) else c for c in text)
+        if self.strip_accents:
+            text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+        return text.lower() if self.lowercase else text
+
+    def _word_ids(self, word: str) -> list[int]:
+        if len(word) > self.max_chars:
+            return [self.unk]
+        ids, start = [], 0
+        while start < len(word):
+            end, found = len(word), None
+            while start < end:
+                piece = (self.prefix if start else "") + word[start:end]
+                if piece in self.vocab:
+                    found = self.vocab[piece]
+                    break
+                end -= 1
+            if found is None:
+                return [self.unk]
+            ids.append(found)
+            start = end
+        return ids
+
+
+def _is_whitespace(c: str) -> bool:
+    return c in " \t\n\r" or (c.isspace() and not _is_control(c))
+
+
+def _is_control(c: str) -> bool:
+    import unicodedata
+
+    # Cc, Cf, Co, Cs as the library's `is_other`; unassigned code points (Cn) stay, and become [UNK]
+    return c not in "\t\n\r" and unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs")
+
+
+def _is_punctuation(c: str) -> bool:
+    import unicodedata
+
+    return (c.isascii() and not c.isalnum() and c.isprintable() and not c.isspace()) \
+        or unicodedata.category(c).startswith("P")
+
+
+def _is_cjk(c: str) -> bool:
+    cp = ord(c)
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
+            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
+            or 0x2F800 <= cp <= 0x2FA1F)
+
+
+def _bert_words(text: str) -> list[str]:
+    """BertPreTokenizer: whitespace separates words; every punctuation character is a word of its own."""
+    words: list[str] = []
+    for chunk in text.split():
+        current = ""
+        for c in chunk:
+            if _is_punctuation(c):
+                if current:
+                    words.append(current)
+                words.append(c)
+                current = ""
+            else:
+                current += c
+        if current:
+            words.append(current)
+    return words
 
 
 def _clean(text: str | None) -> str | None:

@@ -161,9 +161,13 @@ def test_folder_carries_config_labels_and_checksums(run, exported):
 
 
 def test_runner_copied_beside_the_folder_needs_neither_torch_nor_emocli(exported, items, tmp_path):
+    """Only numpy and onnxruntime (and soundfile to read the file): not torch, emocli, transformers, nor the
+    tokenizers library (a BERT WordPiece tokenizer runs in the runner's own Python)."""
+    assert json.loads((exported / "config.json").read_text())["tokenizer"]["engine"] == "wordpiece"
     script = ("import sys, json; sys.path.insert(0, sys.argv[1]); import onnx_runner; "
               "m = onnx_runner.OnnxEmotionModel(sys.argv[1]); p = m.predict_file(sys.argv[2], sys.argv[3]); "
-              "assert not [k for k in sys.modules if k.split('.')[0] in ('torch', 'emocli', 'transformers')]; "
+              "assert not [k for k in sys.modules if k.split('.')[0] in "
+              "('torch', 'emocli', 'transformers', 'tokenizers')], sorted(sys.modules); "
               "print(json.dumps(p))")
     done = subprocess.run([sys.executable, "-c", script, str(exported), str(items[0].path), items[0].text],
                           capture_output=True, text=True, cwd=tmp_path)
@@ -257,3 +261,32 @@ def test_other_fusions_and_audio_only_export(cache_file, tiny_bert_dir, tmp_path
     out = tmp_path_factory.mktemp("exports") / f"{modality}-{fusion}"
     export_onnx(variant, out)
     assert_same_as_torch(variant, out, items)
+
+
+def test_the_runners_wordpiece_gives_the_tokenizers_librarys_ids():
+    """The runner tokenises BERT models in plain Python (no tokenizers library needed): the same ids as the library
+    on hand-picked texts and on 3000 random strings over Latin, punctuation, CJK, kana, controls and unassigned
+    code points."""
+    import json
+    import random
+
+    from tokenizers import Tokenizer
+
+    from emocli.onnx_runner import WordPiece
+    from emocli.text_model import resolve_text_model
+
+    path = resolve_text_model("all-MiniLM-L6-v2").path / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert WordPiece.reads(data)
+    mine = WordPiece(data, 64, 0)
+    library = Tokenizer.from_file(str(path))
+    library.enable_truncation(max_length=64)
+    library.enable_padding(length=64, pad_id=0, pad_token="[PAD]")
+    rng = random.Random(0)
+    pool = [chr(c) for c in [*range(32, 0x250), *range(0x2000, 0x2070), *range(0x3000, 0x3100), *range(0x4E00, 0x4E40),
+                             0x1F642, 0xFFFD, 0x85, 0x1C, 0x9, 0xA0]]
+    texts = ["", "[CLS] inside [SEP]", "x" * 150, " ".join(["word"] * 600),
+             *("".join(rng.choice(pool) for _ in range(rng.randint(0, 40))) for _ in range(3000))]
+    for text in texts:
+        want, got = library.encode(text), mine.encode(text)
+        assert (got.ids, got.attention_mask) == (want.ids, want.attention_mask), repr(text)
