@@ -144,3 +144,28 @@ def test_training_curves_mark_the_tested_epoch_on_whole_epochs():
         assert all(float(t).is_integer() for t in ax.get_xticks())
     accuracy = [line for line in axes[1].get_lines() if line.get_marker() == "o"][0]
     assert list(accuracy.get_ydata()) == pytest.approx([100 * 0.09 * 3])  # percent, the validation value
+
+
+def test_predict_command_writes_the_three_values(vad_cache, tiny_bert_dir, tmp_path):
+    import csv
+
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from emocli.cli import app
+
+    run = tmp_path / "run"
+    train(vad_cache, run, model_config(tiny_bert_dir, modality="audio", task="dimensions"),
+          TrainConfig(protocol="loso", epochs=1, batch_size=8, val_fraction=0.2))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        sf.write(folder / f"c{k}.wav", (0.2 * np.sin(np.linspace(0, 900 * (k + 1), 16000))).astype(np.float32), 16000)
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(app, ["predict", str(run), str(folder), "--output", str(out), "--asr", "off"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert len(rows) == 3 and all(np.isfinite(float(r[d])) for r in rows for d in ("valence", "arousal", "dominance"))
+    assert {"valence", "arousal", "dominance"} <= set(rows[0]) and not any(k.startswith("p_") for k in rows[0])
+    assert rows[0]["label"] == ""
+    assert "valence" in result.stdout  # the table shows the values
