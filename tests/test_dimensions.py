@@ -165,7 +165,8 @@ def test_predict_command_writes_the_three_values(vad_cache, tiny_bert_dir, tmp_p
     result = CliRunner().invoke(app, ["predict", str(run), str(folder), "--output", str(out), "--asr", "off"])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open(newline="")))
-    assert len(rows) == 3 and all(np.isfinite(float(r[d])) for r in rows for d in ("valence", "arousal", "dominance"))
+    assert len(rows) == 3
+    assert all(np.isfinite(float(r[d])) for r in rows for d in ("valence", "arousal", "dominance"))
     assert {"valence", "arousal", "dominance"} <= set(rows[0]) and not any(k.startswith("p_") for k in rows[0])
     assert rows[0]["label"] == ""
     assert "valence" in result.stdout  # the table shows the values
