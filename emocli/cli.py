@@ -699,10 +699,6 @@ def predict(
     with parallel_map(len(items), chunksize=4) as feature_map:  # forked before torch loads the model
         predictor = Predictor.from_run(run_dir, fold, device, max_seconds,
                                        AsrConfig(model=asr_model) if asr == "auto" else None)
-        if fold is None and len(predictor.config.folds) > 1:
-            err.print(f"using the model of fold {predictor.fold} (one of {len(predictor.config.folds)}; choose with "
-                      f"--fold, or make one final model with `emocli train CACHE --protocol all --like {run_dir}`)",
-                      highlight=False, soft_wrap=True)
         expanded = expand_recordings(items, predictor.window_s, segment, notice=notice)
         for result in predictor.predict(expanded, batch_size, feature_map):
             if isinstance(result, Failure):
@@ -733,6 +729,10 @@ def predict(
             said.print(f"wrote {path}", highlight=False)
     if output is not None:
         said.print(f"wrote {len(predictions)} predictions to {output}", highlight=False)
+    if fold is None and len(predictor.config.folds) > 1:  # with the results, not among the problems on stderr
+        said.print(f"predicted by the model of fold {predictor.fold} (one of {len(predictor.config.folds)}; choose "
+                   f"with --fold, or make one final model with `emocli train CACHE --protocol all --like "
+                   f"{run_dir}`)", highlight=False, soft_wrap=True)
     if failed:
         err.print(f"{len(failed)} of {len(items)} file(s) could not be predicted", highlight=False)
         raise typer.Exit(1)

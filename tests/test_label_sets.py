@@ -110,6 +110,13 @@ def test_auto_keeps_iemocap_sets_only_for_iemocap_manifests(tmp_path):
     full = _manifest(tmp_path, ["ang", "happy", "sad", "neu", "fru", "xxx"])
     assert resolve_label_set(full, "auto") is LABEL_SETS["4class"]
     assert len(read_manifest(full, LABEL_SETS["4class"]).utterances) == 4
+    # A typo in such a manifest is a bad row naming the way to own classes, never a class of its own.
+    (tmp_path / "t").mkdir()
+    typo = _manifest(tmp_path / "t", ["ang", "hap", "sad", "neu", "angery"])
+    assert resolve_label_set(typo, "auto") is LABEL_SETS["4class"]
+    report = read_manifest(typo, LABEL_SETS["4class"])
+    assert len(report.utterances) == 4 and "unknown label 'angery'" in report.problems[0]
+    assert "--labels manifest" in report.problems[0]
     # Only some of the four: the manifest's own two classes, not a 4-class model with empty classes.
     assert resolve_label_set(_manifest(tmp_path, ["angry", "neutral", "angry"]), "auto").classes == ("angry", "neutral")
 

@@ -93,6 +93,19 @@ def test_final_model_like_a_cross_validated_run(small_cache, tiny_bert_dir, tmp_
     from emocli.api import load
 
     assert load(cv).fold == summary.folds[0].name and load(final).fold == "all"
+    # ... and `predict` says so with its results (stdout), not among the problems (stderr).
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from emocli.cli import app
+
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, (0.2 * np.sin(np.linspace(0, 3000, 16000))).astype(np.float32), 16000)
+    shown = CliRunner().invoke(app, ["predict", str(cv), str(wav), "--asr", "off"])
+    assert shown.exit_code == 0 and shown.stderr == "", shown.output
+    assert f"predicted by the model of fold {summary.folds[0].name} (one of 3" in shown.stdout
+    shown = CliRunner().invoke(app, ["predict", str(final), str(wav), "--asr", "off"])
+    assert shown.exit_code == 0 and "predicted by the model of fold" not in shown.stdout
 
 
 def test_label_counts_per_fold_are_reported_in_the_split_files(small_cache, tiny_bert_dir, tmp_path):

@@ -50,15 +50,14 @@ def has_dimension_columns(path: Path) -> bool:
 
 def resolve_label_set(path: Path, name: str) -> LabelSet:
     """The label set a manifest is read with: a named IEMOCAP set; `manifest`: its own labels as classes; `auto`:
-    IEMOCAP's 4class when every label is IEMOCAP's (a code or a 4-class name: angry, hap, exc, fru, xxx, ...) and
-    all four classes occur (codes outside them are dropped and counted, as from IEMOCAP itself), else its own
-    labels."""
+    IEMOCAP's 4class when all four of its classes occur (as codes or names: ang/angry, hap/happy/exc, sad,
+    neu/neutral) — other IEMOCAP codes are then dropped and counted as from IEMOCAP itself, and any other label is a
+    bad row (a typo must not become a class) — else the manifest's own labels."""
     if name not in (AUTO_LABELS, MANIFEST_LABELS):
         return get_label_set(name)
     labels = [label for label in manifest_labels(path) if label]
     four = _label_lookup(LABEL_SETS["4class"])
-    if name == AUTO_LABELS and labels and all(label in four or label in IEMOCAP_CODES for label in labels) \
-            and {four[label] for label in labels if label in four} == set(LABEL_SETS["4class"].classes):
+    if name == AUTO_LABELS and {four[label] for label in labels if label in four} == set(LABEL_SETS["4class"].classes):
         return LABEL_SETS["4class"]
     try:
         return manifest_label_set(labels)
@@ -179,7 +178,8 @@ def _row(row: list[str], columns: dict[str, int], width: int, folder: Path, labe
         if raw_label in IEMOCAP_CODES:
             raise _Dropped(raw_label)
         choices = ", ".join(f"{c} ({label_set.display.get(c, c)})" for c in label_set.classes)
-        raise _BadRow(f"unknown label {raw_label!r}; use one of {choices}")
+        raise _BadRow(f"unknown label {raw_label!r}; use one of {choices} (or prepare with --labels manifest to take "
+                      f"the manifest's own labels as the classes)")
     written = _field(row, columns, "path")
     if not written:
         raise _BadRow("empty path")
