@@ -104,32 +104,23 @@ def _is_batch_of_waveforms(audio: np.ndarray) -> bool:
 
 
 def waveform_at_16k(audio: np.ndarray, sample_rate: int, name: str = _ARRAY_NAME) -> np.ndarray:
-    """A numpy waveform as float32 mono at 16 kHz, the way a file is decoded (channels averaged, soxr_hq)."""
+    """A numpy waveform as float32 mono at 16 kHz, decoded as a file is (`features.mono_at_rate`)."""
+    from emocli.features import mono_at_rate
     from emocli.longform import SAMPLE_RATE_HZ
 
     audio = np.asarray(audio)
-    if audio.ndim == 2:  # (samples, channels), as soundfile returns; a (channels, samples) array is transposed
-        audio = audio.T if audio.shape[0] < audio.shape[1] and audio.shape[0] <= 8 else audio
-        audio = audio.mean(axis=1)
-    if audio.ndim != 1 or not audio.size:
+    if audio.ndim == 2 and audio.shape[0] < audio.shape[1] and audio.shape[0] <= 8:
+        audio = audio.T  # (channels, samples) -> (samples, channels), as soundfile returns them
+    if audio.ndim not in (1, 2) or not audio.size:
         raise AudioError(f"{name}: a waveform must be a non-empty 1-D (or samples x channels) array")
     if not np.issubdtype(audio.dtype, np.floating):
         if np.issubdtype(audio.dtype, np.integer):  # PCM integers to [-1, 1)
             audio = audio / float(np.iinfo(audio.dtype).max + 1)
         else:
             raise AudioError(f"{name}: samples of type {audio.dtype} are not audio")
-    audio = audio.astype(np.float32)
-    if not np.all(np.isfinite(audio)):
-        raise AudioError(f"{name}: contains NaN or infinite samples")
     if not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1000:
         raise ConfigError(f"sample_rate {sample_rate!r} must be a whole number of Hz (e.g. 16000)")
-    audio = np.clip(audio, -1.0, 1.0)
-    if sample_rate != SAMPLE_RATE_HZ:
-        import librosa
-
-        audio = np.clip(librosa.resample(audio, orig_sr=int(sample_rate), target_sr=SAMPLE_RATE_HZ,
-                                         res_type="soxr_hq"), -1.0, 1.0).astype(np.float32)
-    return audio
+    return mono_at_rate(audio.astype(np.float32), int(sample_rate), SAMPLE_RATE_HZ, name)
 
 
 def load(run_dir: str | Path, fold: str | None = None, device: str = "auto", asr: str | None = None

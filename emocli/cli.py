@@ -378,22 +378,23 @@ def train(
                           "none — drop them, or train --modality both or audio")
     if audio_lr and not finetune_audio:
         raise EmocliError("--audio-lr is the fine-tuned speech encoder's learning rate; add --finetune-audio, or drop it")
-    model_config = model_config_for(
-        cache_path, modality=modality, fusion=fusion, audio_encoder=audio_encoder, compute_type=compute_type,
-        finetune_audio=finetune_audio, audio_hidden=audio_hidden, audio_context=audio_context,
-        audio_width=audio_width, **({"text_model": text_model} if text_model else {}), freeze_text=freeze_text,
-        dropout=dropout, modality_dropout=modality_dropout if modality == "both" else 0.0, task=task)
-    train_config = TrainConfig(protocol=protocol, repeats=repeats, folds=folds, epochs=epochs, batch_size=batch_size, lr=lr,
-                               step_size=step_size, gamma=gamma, class_weighted=class_weighted, seed=seed,
-                               weight_decay=weight_decay, audio_lr=audio_lr,
-                               device=device, precision=precision, val_fraction=val_fraction,
-                               select_best=not last_epoch, audio_init=str(audio_init or ""))
-    if like is not None:
+    if like is not None:  # every setting from the cross-validated run
         from emocli.train import final_settings
 
         if protocol != "all":
             raise EmocliError("--like makes a final model from a cross-validated run's settings; add --protocol all")
         model_config, train_config = final_settings(like, device=device, precision=precision)
+    else:
+        model_config = model_config_for(
+            cache_path, modality=modality, fusion=fusion, audio_encoder=audio_encoder, compute_type=compute_type,
+            finetune_audio=finetune_audio, audio_hidden=audio_hidden, audio_context=audio_context,
+            audio_width=audio_width, **({"text_model": text_model} if text_model else {}), freeze_text=freeze_text,
+            dropout=dropout, modality_dropout=modality_dropout if modality == "both" else 0.0, task=task)
+        train_config = TrainConfig(protocol=protocol, repeats=repeats, folds=folds, epochs=epochs,
+                                   batch_size=batch_size, lr=lr, step_size=step_size, gamma=gamma,
+                                   class_weighted=class_weighted, seed=seed, weight_decay=weight_decay,
+                                   audio_lr=audio_lr, device=device, precision=precision, val_fraction=val_fraction,
+                                   select_best=not last_epoch, audio_init=str(audio_init or ""))
     train_config.validate()
     run_dir = run_dir or Path("runs") / f"{model_config.modality}-{protocol}"
     main_rank = os.environ.get("RANK", "0") == "0"

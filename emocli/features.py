@@ -56,6 +56,29 @@ class FeatureConfig:
         return json.dumps(self.to_json(), sort_keys=True)
 
 
+def mono_at_rate(audio: np.ndarray, native_rate: int, sample_rate: int, name: str, exact: bool = False,
+                 advice: str = "") -> np.ndarray:
+    """Decoded samples, (N,) or (N, channels), as float32 mono at `sample_rate`: the one way every input is made,
+    a file (`load_audio`) or a waveform given in Python (`emocli.api`). `exact`: 16-bit PCM, which needs neither the
+    finiteness check nor clipping unless it is resampled."""
+    if not exact:
+        if not np.all(np.isfinite(audio)):
+            raise AudioError(f"{name}: contains NaN or infinite samples" + (f"; {advice}" if advice else ""))
+        # Float input may exceed full scale; clipped per channel first, since mixing or resampling such values
+        # can overflow float32 into inf and NaN.
+        audio = np.clip(audio, -1.0, 1.0)
+    if audio.ndim == 2:  # stereo and multichannel are averaged to mono; a mono column is taken as it is
+        audio = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1)
+    if native_rate != sample_rate:
+        import librosa
+
+        audio = librosa.resample(audio, orig_sr=native_rate, target_sr=sample_rate, res_type="soxr_hq")
+        exact = False
+    if not exact:  # resampling can overshoot full scale a little
+        audio = np.clip(audio, -1.0, 1.0)
+    return audio.astype(np.float32, copy=False)
+
+
 def load_audio(path: Path, sample_rate: int = SAMPLE_RATE_HZ, max_seconds: float | None = None,
                min_seconds: float = 0.0, silence_peak: float = 0.0) -> np.ndarray:
     """Decode any file soundfile (or librosa's fallback) reads into float32 mono at `sample_rate`.
@@ -80,22 +103,7 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE_HZ, max_seconds: float
         audio, native_rate, exact = _read_with_soundfile(path, max_seconds)
     if audio.size == 0:
         raise AudioError(f"{path}: no samples (header only)")
-    if not exact:
-        if not np.all(np.isfinite(audio)):
-            raise AudioError(f"{path}: contains NaN or infinite samples; re-export it as PCM")
-        # Float files may exceed full scale; clipped per channel first, since mixing or resampling such values
-        # can overflow float32 into inf and NaN.
-        audio = np.clip(audio, -1.0, 1.0)
-    if audio.ndim == 2:  # stereo and multichannel are averaged to mono; a mono column is taken as it is
-        audio = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1)
-    if native_rate != sample_rate:
-        import librosa
-
-        audio = librosa.resample(audio, orig_sr=native_rate, target_sr=sample_rate, res_type="soxr_hq")
-        exact = False
-    if not exact:  # resampling can overshoot full scale a little
-        audio = np.clip(audio, -1.0, 1.0)
-    audio = audio.astype(np.float32, copy=False)
+    audio = mono_at_rate(audio, native_rate, sample_rate, str(path), exact, advice="re-export it as PCM")
     if audio.size < min_seconds * sample_rate:
         raise AudioError(f"{path}: too short ({audio.size / sample_rate:.3f} s < {min_seconds} s)")
     if silence_peak > 0 and max(float(audio.max()), -float(audio.min())) < silence_peak:

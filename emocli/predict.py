@@ -299,14 +299,17 @@ class Predictor:
     """A trained model with the run's own settings; `predict` yields one result per item, in input order."""
 
     def __init__(self, model: "EmotionModel", config: "RunConfig", tokenizer: object | None, device: "torch.device",
-                 upstream: "Embedder | None" = None, recogniser: "Recogniser | None" = None):
+                 upstream: "Embedder | None" = None, recogniser: "Recogniser | None" = None, fold: str | None = None):
         """`tokenizer`: the run's own copy, None for an audio-only model; `upstream`: what makes the audio branch's
         features when they are not the log-mel (a frozen pretrained encoder with the run's weights, or the
         waveform for a fine-tuned one); `recogniser`: transcribes items without a transcript (None: they are
-        predicted from audio alone)."""
+        predicted from audio alone); `fold`: the fold whose model this is."""
         self.model, self.config, self.tokenizer, self.device = model, config, tokenizer, device
-        self.upstream, self.recogniser = upstream, recogniser
-        self.fold: str | None = None  # the fold whose model this is (from_run)
+        self.upstream, self.recogniser, self.fold = upstream, recogniser, fold
+        # The class names (angry, happy, ...) in the model's output order, what every prediction is labelled with;
+        # () for a dimensions-only model. Named once: every prediction reads them.
+        self.classes: tuple[str, ...] = tuple(config.label_set.display.get(c, c) for c in config.classes) \
+            if config.model.predicts_classes else ()
 
     @classmethod
     def from_run(cls, run_dir: Path, fold: str | None = None, device: str = "auto", max_seconds: float | None = None,
@@ -339,15 +342,7 @@ class Predictor:
             from emocli.asr import Recogniser
 
             recogniser = Recogniser.load(asr, device="cuda" if torch_device.type == "cuda" else "cpu")
-        predictor = cls(model, config, tokenizer, torch_device, upstream, recogniser)
-        predictor.fold = fold
-        return predictor
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        """The class names (angry, happy, ...) in the model's output order: what every prediction is labelled with."""
-        return tuple(self.config.label_set.display.get(c, c) for c in self.config.classes) \
-            if self.config.model.predicts_classes else ()
+        return cls(model, config, tokenizer, torch_device, upstream, recogniser, fold)
 
     @property
     def dimensions(self) -> tuple[str, ...]:

@@ -159,7 +159,7 @@ def _prepare_cache(source: Path, cache_path: Path, config: PrepareConfig, workdi
         # The pool forks before the corpus is read (and before the HDF5 file is opened: no HDF5 handle may cross
         # a fork), so that its workers start and import their libraries meanwhile.
         with parallel_map(workers=config.workers) as feature_map:
-            report = read_source(source, config, workdir, progress)
+            report = read_source(source, LabelSet.from_json(inputs["label_set"]), config, workdir, progress)
             summary = _build(cache_path, report, config, text_ref, inputs, feature_map, progress)
     return PrepareResult(cache_path, digest, False, summary, report.problems, time.perf_counter() - started)
 
@@ -177,17 +177,18 @@ def resolve_label_set(source: Path, name: str) -> LabelSet:
     return get_label_set(name)
 
 
-def read_source(source: Path, config: PrepareConfig, workdir: Path, progress: ProgressCallback | None = None
-                ) -> ReadReport:
+def read_source(source: Path, label_set: LabelSet, config: PrepareConfig, workdir: Path,
+                progress: ProgressCallback | None = None) -> ReadReport:
+    """The source's utterances, read with `label_set` (`resolve_label_set` of it, resolved once per prepare)."""
     if _source_kind(source) == "manifest":
         from emocli.corpus.manifest import read_manifest
 
-        return read_manifest(source, resolve_label_set(source, config.label_set))
+        return read_manifest(source, label_set)
     from emocli.corpus.iemocap import ReaderConfig, read_iemocap
 
     extract_progress = (lambda done, total: progress("unpack", done, total)) if progress else None
-    return read_iemocap(source, ReaderConfig(label_set=resolve_label_set(source, config.label_set).name,
-                                             tags=config.tags), workdir, progress=extract_progress)
+    return read_iemocap(source, ReaderConfig(label_set=label_set.name, tags=config.tags), workdir,
+                        progress=extract_progress)
 
 
 def _has_dimensions(source: Path) -> bool:
